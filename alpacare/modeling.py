@@ -59,7 +59,8 @@ def embedded_model_path(cache_dir: str | Path | None = None) -> Path:
     log.info("Converting %s to a Hugging Face copy in %s (once, ~25 s)", GGUF_FILE, target)
     tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=GGUF_FILE)
     gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF_FILE)
-    config = AutoConfig.for_model(**{k: v for k, v in gguf_model.config.to_dict().items() if k != "quantization_config"})
+    config_dict = {k: v for k, v in gguf_model.config.to_dict().items() if k != "quantization_config"}
+    config = AutoConfig.for_model(**config_dict)
     clean = AutoModelForCausalLM.from_config(config)
     clean.load_state_dict(gguf_model.state_dict())
     # SmolLM2-Instruct's own generation config (HF model card) uses the chat end token as EOS.
@@ -156,7 +157,8 @@ def load_model(
         if merge:
             model = model.merge_and_unload()
     model.eval()
-    return LoadedModel(model=model, tokenizer=tokenizer, base=base or EMBEDDED_NAME, adapter=adapter, revision=revision)
+    base_name = base or EMBEDDED_NAME
+    return LoadedModel(model=model, tokenizer=tokenizer, base=base_name, adapter=adapter, revision=revision)
 
 
 def main(argv: list[str] | None = None) -> None:
