@@ -1,0 +1,556 @@
+"""Safe generation: the training prompt format, the model, and the policy check on everything a user sees.
+
+``stream_safe_generate`` runs ``model.generate`` in a worker thread with a ``TextIteratorStreamer`` (the pattern
+of the transformers docs and Gradio chat demos) and gates its output sentence by sentence: text is held back
+until a sentence is complete, the sentence goes through ``alpacare.safety.check_sentence``, and only then is it
+shown. The first violating sentence is never shown: generation stops there and the safe fallback replaces the
+reply. When generation ends, the whole reply is checked again with ``alpacare.safety.check``, so the guarantee
+never rests on the model obeying the safety prefix. Every final reply ends with the disclaimer exactly once.
+
+Generation stops on EOS, on ``max_new_tokens``, when the caller sets ``stop_event`` (a closed browser tab) and when
+the consumer stops iterating (``GeneratorExit``), through a ``StoppingCriteria`` that watches those events, so an
+abandoned request does not keep the CPU busy.
+
+``safe_generate`` drains the same stream, so the batch CLI measures exactly what the app shows.
+"""
+
+from __future__ import annotations
+
+import functools
+import queue
+import re
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from alpacare.prompts import DISCLAIMER, ensure_disclaimer, format_prompt, prompt_style
+
+# How often the consumer wakes up while waiting for text, to notice a worker that died (seconds).
+_POLL_SECONDS = 0.5
+# Upper bound on waiting for the worker after a stop: one forward step of a small model takes ~50 ms on CPU.
+_JOIN_SECONDS = 30.0
+
+
+@dataclass
+class SafeReply:
+    """A finished reply: the text shown (ending with the disclaimer), and whether the checker replaced it."""
+
+    reply: str
+    blocked: bool
+    categories: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StreamUpdate:
+    """One step of a streamed reply.
+
+    ``text`` is everything approved so far (cumulative: what the UI shows). The final update (``done=True``) ends
+    with the disclaimer exactly once, or is the fallback reply when ``blocked``.
+    """
+
+    text: str
+    done: bool
+    blocked: bool
+    categories: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The safe fallback
+# --------------------------------------------------------------------------------------------------------------
+
+# Why the original reply is not shown, per policy category (SAFETY_POLICY.md), in the first category's words.
+_LEADS: dict[str, str] = {
+    "diagnosis": (
+        "I can't tell you which condition you have: that takes a clinician who can hear your whole story, "
+        "examine you and arrange tests if needed."
+    ),
+    "prescription": (
+        "I can't recommend a specific medicine or treatment for you: the right choice depends on your health, "
+        "your other medicines and your allergies, which a doctor or pharmacist can weigh up with you."
+    ),
+    "dosage": (
+        "I can't give amounts or schedules for medicines: they depend on the product, your age, weight, kidney "
+        "and liver health and your other medicines, so they are set by a prescriber or pharmacist and the "
+        "product's official leaflet."
+    ),
+    "decision_rule": (
+        "I can't give rules or cut-off values for deciding a diagnosis or a treatment: those decisions belong to "
+        "a clinician who knows the whole picture."
+    ),
+}
+_GENERIC_LEAD = "I can't answer this one directly, but here is some general guidance."
+
+
+@dataclass(frozen=True)
+class _Topic:
+    """A topic of the fallback: prompt keywords, a general education sentence, and its warning signs."""
+
+    name: str
+    keywords: str  # regex alternatives, matched on word boundaries, case-insensitive
+    education: str
+    warning_signs: str
+
+
+# Hand-written rather than generated: the fallback must pass the checker without a model call. Ordered by urgency,
+# so a prompt that mentions chest pain and a headache gets the chest-pain warning signs.
+_TOPICS: tuple[_Topic, ...] = (
+    _Topic(
+        "chest pain",
+        r"chest|heart attack|heart|palpitation\w*|angina|cardiac",
+        "Chest discomfort has many causes, from muscle strain and reflux to problems of the heart and lungs that "
+        "need prompt assessment.",
+        "Call emergency services straight away for chest pain or pressure that spreads to the arm, neck, jaw or "
+        "back, comes with shortness of breath, sweating, nausea or fainting, or feels like the worst you have had.",
+    ),
+    _Topic(
+        "breathing",
+        r"breath\w*|asthma|wheez\w*|cough\w*|lungs?|pneumonia|inhaler",
+        "Breathing symptoms such as cough or wheeze can come from infections, allergies, asthma and other "
+        "conditions of the airways and lungs.",
+        "Get emergency help for severe difficulty breathing, lips or face turning blue or grey, confusion or "
+        "drowsiness, or being unable to speak in full sentences.",
+    ),
+    _Topic(
+        "stroke and headache",
+        r"stroke|headaches?|migraines?|head injury|dizz\w*|faint\w*|seizures?",
+        "Headaches and dizziness are common and often linked to tension, poor sleep, dehydration or eye strain, "
+        "and less often to problems that need urgent care.",
+        "Call emergency services for a sudden severe headache, a face that droops, weakness or numbness on one "
+        "side, slurred speech, confusion, a seizure, or a headache after a head injury.",
+    ),
+    _Topic(
+        "allergy",
+        r"allerg\w*|anaphyla\w*|hives|swelling of the (?:face|lips|tongue|throat)",
+        "Allergic reactions range from a mild itchy rash to reactions that affect breathing and circulation.",
+        "Call emergency services for swelling of the lips, tongue or throat, difficulty breathing or swallowing, "
+        "or feeling faint after contact with a possible trigger.",
+    ),
+    _Topic(
+        "mental health",
+        r"suicid\w*|self[- ]harm|depress\w*|anxi\w*|panic|mental|stress\w*|insomnia|sleep\w*",
+        "Mood, anxiety and sleep problems are common and treatable, and talking to someone is a good first step.",
+        "If you are thinking about harming yourself or are in danger, call your local emergency number or a "
+        "crisis line now, or go to the nearest emergency department.",
+    ),
+    _Topic(
+        "pregnancy",
+        r"pregnan\w*|breastfeed\w*|trimester|miscarriage|contracepti\w*",
+        "Pregnancy and breastfeeding change how the body handles illness and medicines, so questions are best "
+        "taken to a midwife, obstetrician or pharmacist.",
+        "Seek urgent care for bleeding, severe abdominal pain, severe headache with vision changes, fewer baby "
+        "movements than usual, or fluid leaking before the due date.",
+    ),
+    _Topic(
+        "children",
+        r"child\w*|baby|babies|infant\w*|toddler\w*|kids?|newborn\w*|son|daughter",
+        "Children are not small adults: how illness shows and how medicines act change with age and weight.",
+        "Seek urgent care for a child who is unusually drowsy or hard to wake, breathes fast or with effort, "
+        "has a rash that does not fade under pressure, shows signs of dehydration, or is a young baby with fever.",
+    ),
+    _Topic(
+        "abdominal pain",
+        r"stomach|abdom\w*|belly|nausea|vomit\w*|diarrh\w*|constipat\w*|bowel|appendi\w*|reflux|heartburn",
+        "Stomach and bowel symptoms are often caused by infections, food, reflux or constipation, and sometimes by "
+        "conditions that need a doctor to look at them.",
+        "Seek urgent care for severe or worsening abdominal pain, vomiting blood, black or bloody stools, a hard "
+        "swollen belly, or signs of dehydration such as very little urine.",
+    ),
+    _Topic(
+        "fever and infection",
+        r"fever\w*|temperature|infection\w*|flu|influenza|covid\w*|malaria|sore throat|antibiotic\w*|virus|viral",
+        "Fever is the body's response to infection; most infections are viral and settle with rest and fluids, "
+        "while some need a clinician's assessment.",
+        "Seek urgent care for a fever with a stiff neck, a spreading rash, confusion, difficulty breathing, "
+        "fever after travel abroad, or a fever that lasts several days.",
+    ),
+    _Topic(
+        "urinary",
+        r"urin\w*|bladder|kidney\w*|pee|peeing|uti",
+        "Urinary symptoms can come from infections, stones, the prostate or other conditions, and a simple urine "
+        "test often helps a clinician tell them apart.",
+        "Seek urgent care for blood in the urine, fever with back or side pain, being unable to pass urine, or "
+        "urinary symptoms during pregnancy.",
+    ),
+    _Topic(
+        "diabetes and blood pressure",
+        r"diabet\w*|blood sugar|glucose|insulin|hba1c|blood pressure|hypertension|cholesterol|potassium",
+        "Long-term conditions such as diabetes and high blood pressure are managed with a care plan made together "
+        "with a clinician, and regular check-ups keep it up to date.",
+        "Seek urgent care for confusion, fainting, severe thirst with vomiting, chest pain, a sudden severe "
+        "headache, or weakness on one side of the body.",
+    ),
+    _Topic(
+        "skin",
+        r"skin|rash\w*|eczema|acne|itch\w*|mole\w*|burns?|wounds?|cuts?|bites?",
+        "Skin problems such as rashes, eczema and small wounds are common; how a rash looks and how it started "
+        "help a clinician understand it.",
+        "Seek urgent care for a rash that spreads quickly or does not fade under pressure, a wound with "
+        "spreading redness, warmth or fever, or a mole that changes in size, shape or colour.",
+    ),
+    _Topic(
+        "medicines",
+        r"medicine\w*|medication\w*|drugs?|pills?|tablets?|doses?|dosage|dosing|mg|ibuprofen|paracetamol|"
+        r"acetaminophen|aspirin|amoxicillin|opioid\w*|prescri\w*|supplements?|vitamins?|overdose",
+        "Medicines work differently from person to person: the right choice depends on age, weight, pregnancy, "
+        "kidney and liver health, allergies and other medicines, which is why a prescriber or pharmacist decides.",
+        "Seek urgent help for signs of a serious reaction, such as swelling of the face or throat, difficulty "
+        "breathing or a widespread rash, or if someone may have taken too much of a medicine: contact emergency "
+        "services or a poison control centre.",
+    ),
+)
+
+_GENERIC_TOPIC = _Topic(
+    "general",
+    r"(?!)",  # matches nothing: the default topic
+    "Health questions like this one are best answered by a clinician who can ask about your history and examine you.",
+    "Call emergency services for severe pain, difficulty breathing, chest pain, fainting, confusion, heavy "
+    "bleeding, or any symptom that is sudden and severe.",
+)
+
+_QUESTIONS = (
+    "What could be causing this, and would any tests help to find out?",
+    "Which options are there for someone in my situation, and what are their benefits and risks?",
+    "Which warning signs should make me come back or seek urgent care?",
+)
+
+
+def _topic_for(prompt: str) -> _Topic:
+    """The first catalog topic whose keywords occur in the prompt, else the generic topic."""
+    for topic in _TOPICS:
+        if re.search(rf"\b(?:{topic.keywords})\b", prompt, flags=re.IGNORECASE):
+            return topic
+    return _GENERIC_TOPIC
+
+
+def _compose_fallback(lead: str, topic: _Topic) -> str:
+    """The fallback text: why, general education, when to seek care, questions for a clinician, disclaimer."""
+    questions = "\n".join(f"- {q}" for q in _QUESTIONS)
+    body = (
+        f"{lead} {topic.education}\n\n"
+        f"When to seek care: {topic.warning_signs} For anything that worries you or does not improve, "
+        "contact a doctor, nurse or pharmacist.\n\n"
+        f"Questions you could ask a clinician:\n{questions}"
+    )
+    return ensure_disclaimer(body)
+
+
+def fallback_reply(prompt: str, categories: list[str]) -> str:
+    """A safe reply that still helps: why the assistant holds back, general education on the prompt's topic,
+    when to seek care, questions to ask a clinician, and the disclaimer.
+
+    The topic comes from a keyword catalog, never from the prompt's own words, so an injected prompt cannot put
+    a violation into the fallback. The result is checked once more; the generic version is the last resort.
+
+    Args:
+        prompt: The user's request (only used to pick a topic).
+        categories: The policy categories the original reply violated (the first one picks the lead sentence).
+
+    Returns:
+        The fallback text, ending with the disclaimer exactly once.
+    """
+    from alpacare import safety
+
+    lead = next((_LEADS[c] for c in categories if c in _LEADS), _GENERIC_LEAD)
+    reply = _compose_fallback(lead, _topic_for(prompt or ""))
+    if safety.check(reply, prompt=prompt).violation:  # defence in depth: never ship a fallback that violates
+        return _compose_fallback(_GENERIC_LEAD, _GENERIC_TOPIC)
+    return reply
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Sentence gate (pure: no model, no torch)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _normalize_words(text: str) -> str:
+    """Lower-case words only, for comparing a sentence with the disclaimer's sentences."""
+    words = re.findall(r"[a-z]+", text.lower())
+    if words and words[0] == "disclaimer":  # "Disclaimer: This information is ..."
+        words = words[1:]
+    return " ".join(words)
+
+
+_DISCLAIMER_SENTENCES = frozenset(
+    _normalize_words(s) for s in [DISCLAIMER, *re.split(r"(?<=\.)\s+", DISCLAIMER)] if s.strip()
+)
+
+
+def _is_disclaimer(text: str) -> bool:
+    """True for the disclaimer, one of its sentences, or a bare "Disclaimer:" label (the app appends its own)."""
+    normalized = _normalize_words(text)
+    return normalized in _DISCLAIMER_SENTENCES or (not normalized and "disclaimer" in text.lower())
+
+
+def _is_table_line(text: str) -> bool:
+    """A markdown or tab-separated table row (the checker reads a row together with its header)."""
+    return text.count("|") >= 2 or "\t" in text.strip(" \n")
+
+
+class SentenceGate:
+    """Holds generated text back until a sentence is complete and the checker passed it.
+
+    A sentence counts as complete once the splitter sees the next one begin (or generation has ended), so a
+    sentence is never judged on a prefix ("Take 5" before "00 mg"). Text between sentences (spaces, list markers)
+    is checked together with the sentence after it. A table is held back and checked as one block once it ends:
+    a row such as "| Ibuprofen | 400 |" is only a dose under its "Dose" header. Sentences of the disclaimer are
+    dropped: the final reply gets the disclaimer appended exactly once.
+
+    Args:
+        prompt: The user's request, passed to the checker (it says who the reply is addressed to).
+        check_sentence: ``alpacare.safety.check_sentence``-like callable returning a verdict.
+        split_sentences: ``alpacare.safety.split_sentences``-like callable returning ``(start, end)`` offsets.
+        check_block: ``alpacare.safety.check``-like callable, for tables (default: ``check_sentence``).
+    """
+
+    def __init__(
+        self,
+        prompt: str,
+        check_sentence: Callable[..., Any],
+        split_sentences: Callable[[str], list[tuple[int, int]]],
+        check_block: Callable[..., Any] | None = None,
+    ) -> None:
+        self.prompt = prompt
+        self._check_sentence = check_sentence
+        self._check_block = check_block or check_sentence
+        self._split = split_sentences
+        self._pending = ""
+        self._table = ""
+        self.shown = ""
+        self.blocked = False
+        self.categories: list[str] = []
+
+    def feed(self, chunk: str, final: bool = False) -> bool:
+        """Add generated text; approve every complete sentence. Returns True when the shown text grew.
+
+        After a violation (``blocked``) nothing more is approved.
+        """
+        if self.blocked:
+            return False
+        self._pending += chunk
+        spans = self._split(self._pending)
+        ends = [end for _, end in spans[:-1]]  # the last sentence may still be growing
+        if final:
+            ends.append(len(self._pending))  # at the end everything left is one last piece, trailing text included
+        shown_before, cursor = len(self.shown), 0
+        for end in ends:
+            piece = self._pending[cursor:end]
+            cursor = end
+            if _is_table_line(piece):
+                self._table += piece
+                continue
+            if not self._approve_table() or not self._approve(piece, self._check_sentence):
+                break
+        if final and not self.blocked:
+            self._approve_table()
+        self._pending = self._pending[cursor:]
+        return len(self.shown) > shown_before
+
+    def _approve_table(self) -> bool:
+        """Check the held-back table as one block; False on a violation."""
+        table, self._table = self._table, ""
+        return self._approve(table, self._check_block)
+
+    def _approve(self, piece: str, check: Callable[..., Any]) -> bool:
+        """Show ``piece`` if it passes ``check`` (disclaimer sentences are dropped); False on a violation."""
+        if not piece.strip() or _is_disclaimer(piece):
+            return True
+        verdict = check(piece.strip(), prompt=self.prompt)
+        if verdict.violation:
+            self.blocked, self.categories = True, list(verdict.categories)
+            return False
+        self.shown += piece
+        return True
+
+    @property
+    def text(self) -> str:
+        """The approved text, as shown."""
+        return self.shown.strip()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Generation worker
+# --------------------------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _event_stopping_criteria_class() -> type:
+    """``StoppingCriteria`` subclass that stops when any of its events is set (built lazily: no torch at import)."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class EventStoppingCriteria(StoppingCriteria):
+        """Stop every sequence of the batch once one of ``events`` is set (client gone, violation, close)."""
+
+        def __init__(self, *events: threading.Event) -> None:
+            self.events = events
+
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            stop = any(event.is_set() for event in self.events)
+            return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+    return EventStoppingCriteria
+
+
+def event_stopping_criteria(*events: threading.Event | None) -> Any:
+    """A ``StoppingCriteriaList`` that stops generation as soon as one of ``events`` is set."""
+    from transformers import StoppingCriteriaList
+
+    return StoppingCriteriaList([_event_stopping_criteria_class()(*(e for e in events if e is not None))])
+
+
+def encode_prompt(model: Any, tokenizer: Any, prompt: str, input_text: str | None = None) -> Any:
+    """Tokenized training-format prompt on the model's device.
+
+    Raises:
+        ValueError: The prompt is empty or does not fit the model's context.
+    """
+    if not (prompt or "").strip():
+        raise ValueError("The prompt is empty.")
+    text = format_prompt(tokenizer, prompt, input_text)
+    # A chat template already writes the special tokens (BOS etc.); the Alpaca text needs the tokenizer's own.
+    encoded = tokenizer(text, return_tensors="pt", add_special_tokens=prompt_style(tokenizer) != "chat")
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    n_tokens = int(encoded["input_ids"].shape[-1])
+    if context and n_tokens >= context:
+        raise ValueError(f"The prompt is {n_tokens} tokens; the model's context is {context} tokens.")
+    return encoded.to(model.device)
+
+
+def generation_kwargs(model: Any, tokenizer: Any, max_new_tokens: int, gen_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``generate`` arguments: greedy by default (repeatable), EOS and pad from the model or tokenizer."""
+    kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": False}
+    config = getattr(model, "generation_config", None)
+    if getattr(config, "eos_token_id", None) is None and tokenizer.eos_token_id is not None:
+        kwargs["eos_token_id"] = tokenizer.eos_token_id
+    if getattr(config, "pad_token_id", None) is None:
+        kwargs["pad_token_id"] = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        )
+    kwargs.update(gen_kwargs)
+    if not kwargs.get("do_sample"):
+        # Sampling settings from a Hub generation_config (e.g. temperature=0.6) only trigger warnings when greedy.
+        for key in ("temperature", "top_p", "top_k"):
+            kwargs.setdefault(key, None)
+    return kwargs
+
+
+def _run_generate(model: Any, kwargs: dict[str, Any], streamer: Any, errors: list[BaseException]) -> None:
+    """Thread target: ``model.generate``; on an error, keep it for the consumer and end the stream."""
+    try:
+        model.generate(**kwargs)
+    except BaseException as error:  # noqa: BLE001 - re-raised in the consumer thread
+        errors.append(error)
+        streamer.end()
+
+
+def _stream_text(streamer: Any, worker: threading.Thread) -> Iterator[str]:
+    """Text chunks from the streamer until it ends (or the worker died without ending it)."""
+    while True:
+        try:
+            chunk = streamer.text_queue.get(timeout=_POLL_SECONDS)
+        except queue.Empty:
+            if worker.is_alive():
+                continue
+            return
+        if chunk is streamer.stop_signal:
+            return
+        yield chunk
+
+
+def stream_safe_generate(
+    model: Any,
+    tokenizer: Any,
+    prompt: str,
+    input_text: str | None = None,
+    *,
+    max_new_tokens: int = 256,
+    stop_event: threading.Event | None = None,
+    **gen_kwargs: Any,
+) -> Iterator[StreamUpdate]:
+    """Stream a reply sentence by sentence, each sentence checked before it is shown.
+
+    Args:
+        model: A causal LM (plain or PEFT).
+        tokenizer: Its tokenizer.
+        prompt: The user's instruction.
+        input_text: Optional input (MedInstruct "input" field).
+        max_new_tokens: Length cap of the generated reply.
+        stop_event: Set it to stop generation (e.g. the client went away).
+        **gen_kwargs: Passed to ``model.generate`` (``do_sample=True, temperature=...`` for sampling).
+
+    Yields:
+        Cumulative ``StreamUpdate`` s; the last one has ``done=True`` and ends with the disclaimer exactly once,
+        or is the fallback reply when a sentence (or the whole reply) violated the policy.
+    """
+    from transformers import TextIteratorStreamer
+
+    from alpacare import safety
+
+    encoded = encode_prompt(model, tokenizer, prompt, input_text)
+    halt = threading.Event()  # set on a violation or when the consumer closes the generator
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    kwargs = generation_kwargs(model, tokenizer, max_new_tokens, gen_kwargs)
+    kwargs.update(encoded, streamer=streamer, stopping_criteria=event_stopping_criteria(halt, stop_event))
+    errors: list[BaseException] = []
+    worker = threading.Thread(target=_run_generate, args=(model, kwargs, streamer, errors), daemon=True)
+    gate = SentenceGate(prompt, safety.check_sentence, safety.split_sentences, safety.check)
+    worker.start()
+    try:
+        for chunk in _stream_text(streamer, worker):
+            if gate.feed(chunk):
+                yield StreamUpdate(gate.text, done=False, blocked=False)
+            if gate.blocked:
+                halt.set()  # the violating sentence is never shown; stop spending CPU on the rest
+                break
+        if errors:
+            raise errors[0]
+        if not gate.blocked:
+            gate.feed("", final=True)
+        yield final_update(gate, prompt)
+    finally:
+        halt.set()
+        worker.join(timeout=_JOIN_SECONDS)
+
+
+def final_update(gate: SentenceGate, prompt: str) -> StreamUpdate:
+    """The last update: the approved reply re-checked as a whole, with the disclaimer; else the fallback."""
+    from alpacare import safety
+
+    if gate.blocked:
+        return StreamUpdate(
+            fallback_reply(prompt, gate.categories), done=True, blocked=True, categories=gate.categories
+        )
+    body = ensure_disclaimer(gate.text)[: -len(DISCLAIMER)].strip()  # drops any disclaimer copy the model wrote
+    if not body:  # the model said nothing useful: the fallback still helps, but nothing was blocked
+        return StreamUpdate(fallback_reply(prompt, []), done=True, blocked=False)
+    verdict = safety.check(body, prompt=prompt)
+    if verdict.violation:
+        categories = list(verdict.categories)
+        return StreamUpdate(fallback_reply(prompt, categories), done=True, blocked=True, categories=categories)
+    return StreamUpdate(ensure_disclaimer(body), done=True, blocked=False)
+
+
+def safe_generate(
+    model: Any,
+    tokenizer: Any,
+    prompt: str,
+    input_text: str | None = None,
+    *,
+    max_new_tokens: int = 256,
+    **gen_kwargs: Any,
+) -> SafeReply:
+    """Generate a checked reply: the final update of ``stream_safe_generate`` (same checks as the app).
+
+    Returns:
+        ``SafeReply`` with the reply (ending with the disclaimer exactly once, or the fallback), ``blocked`` and
+        the violated ``categories``.
+    """
+    # deque(maxlen=1) keeps only the final update while draining the stream.
+    updates = deque(
+        stream_safe_generate(model, tokenizer, prompt, input_text, max_new_tokens=max_new_tokens, **gen_kwargs),
+        maxlen=1,
+    )
+    last = updates[0]  # the stream always ends with a final update (done=True)
+    return SafeReply(reply=last.text, blocked=last.blocked, categories=list(last.categories))
