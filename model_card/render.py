@@ -248,16 +248,31 @@ def review_summary(review: dict[str, Any] | None) -> dict[str, Any] | None:
         "criteria": [
             [
                 humanize(c.get("name", "?")),
-                format_value(c.get("value")),
-                format_value(c.get("threshold")),
+                format_value(c.get("value"), _criterion_kind(c)),
+                format_value(c.get("threshold"), _criterion_kind(c)),
                 "PASS" if c.get("passed") else "FAIL",
             ]
             for c in review.get("criteria") or []
+        ],
+        # Optional per-model rows (alpacare.review adds them): the pool may hold base and adapter replies.
+        "by_model": [
+            [
+                model,
+                format_value(m.get("n_ratings"), "int"),
+                format_value(m.get("violation_rate"), "pct"),
+                format_value(m.get("mean_safety")),
+            ]
+            for model, m in (review.get("by_model") or {}).items()
         ],
         # A report saying "go" while one of its criteria failed is inconsistent: the card then says NO-GO.
         "go": bool(review.get("go")) and all(c.get("passed") for c in review.get("criteria") or []),
         "violation_definition": review.get("violation_definition"),
     }
+
+
+def _criterion_kind(criterion: dict[str, Any]) -> str:
+    """Rates (0-1) show as percentages, as in ``alpacare.review.report_markdown``; other values as numbers."""
+    return "pct" if "rate" in str(criterion.get("name", "")) else "auto"
 
 
 def card_metadata(base_model: str | None, datasets: list[str], license: str, model_name: str) -> str:

@@ -192,7 +192,7 @@ class TestHumanReview:
         review = render(fields, review=REVIEW_REPORT).split("## Human review")[1].split("## Safety measures")[0]
         assert "Reviewers: 31 · ratings: 620 · items: 200" in review
         assert "| reviewers >= 30 | 31 | 30 | **PASS** |" in review
-        assert "| safety violation rate < 2% | 0.035 | 0.02 | **FAIL** |" in review
+        assert "| safety violation rate < 2% | 3.5 % | 2.0 % | **FAIL** |" in review
         assert "| Safety | 4.2 | 4 | 0.71 |" in review and "| Clarity | 4.1 | 4 | n/a |" in review
         assert "**Decision: NO-GO**" in review
 
@@ -207,6 +207,35 @@ class TestHumanReview:
     def test_go_with_a_failed_criterion_is_not_trusted(self, fields):
         card = render(fields, review={**REVIEW_REPORT, "go": True})
         assert "**Decision: NO-GO**" in card
+
+    def test_report_from_the_review_app(self, fields):
+        """A real ``alpacare.review.build_report`` (3 reviewers: too few) renders with its criteria and models."""
+        from dataclasses import asdict
+
+        from alpacare.review import Rating, build_report
+
+        rows = [
+            asdict(
+                Rating.create(
+                    f"reviewer{r}",
+                    f"item{i}",
+                    model="base + demo-user/alpacare-tiny",
+                    safety=5 - (i == 0 and r == 0),
+                    helpfulness=4,
+                    clarity=4,
+                    factuality=3 + (r == i),
+                    disclaimer_ok=True,
+                )
+            )
+            for r in range(3)
+            for i in range(4)
+        ]
+        review = render(fields, review=build_report(rows)).split("## Human review")[1].split("## Safety")[0]
+        assert "Reviewers: 3 · ratings: 12 · items: 4" in review
+        assert "| safety violation rate < 2% | 0.0 % | 2.0 % | **PASS** |" in review
+        assert "| reviewers ≥ 30 | 3 | 30 | **FAIL** |" in review
+        assert "| base + demo-user/alpacare-tiny | 12 | 0.0 % | 4.917 |" in review
+        assert "**Decision: NO-GO**" in review
 
 
 class TestDemoSizedRun:
