@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import getpass
+import hashlib
+import hmac
 import json
 import logging
 import math
@@ -342,6 +345,7 @@ def append_jsonl(path: str | Path, row: dict[str, Any], lock: AbstractContextMan
         lock: An extra lock held while writing (e.g. ``CommitScheduler.lock``, so a push never reads half a row).
     """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     line = (json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
     with _path_lock(path), lock or nullcontext():
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
@@ -460,8 +464,7 @@ class ReviewStore:
             replica_id: This replica's file suffix (default: ``default_replica_id()``).
             write_lock: Extra lock held during each write (``CommitScheduler.lock``); settable later.
         """
-        self.data_dir = Path(data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = Path(data_dir)  # created by the first write, so building an app has no side effect
         self.replica_id = _safe_replica(replica_id or default_replica_id())
         self.ratings_path = self.data_dir / f"ratings-{self.replica_id}.jsonl"
         self.reviewers_path = self.data_dir / f"reviewers-{self.replica_id}.jsonl"
@@ -558,8 +561,11 @@ def load_pool(path: str | Path) -> list[dict[str, Any]]:
     """Items of a review pool JSONL written by ``python -m alpacare.generate`` (``id, prompt, reply, model``).
 
     Raises:
+        FileNotFoundError: when the file is missing.
         ValueError: when a line lacks ``id``/``prompt``/``reply`` or an id repeats.
     """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"Review pool not found: {path} (create it with `python -m alpacare.generate`)")
     rows, bad = read_jsonl(path)
     if bad:
         raise ValueError(f"{path}: {bad} unreadable line(s)")
@@ -648,6 +654,132 @@ class Assigner:
             "pool": len(self.pool),
             "complete": sum(counts[i] >= self.k for i in self.by_id),
         }
+
+
+class ReviewDesk:
+    """The review workflow behind the UI and the API: consent + profile once, then items to rate, then ratings.
+
+    Every method takes the authenticated reviewer name (None for an anonymous caller) and refuses anonymous
+    callers itself, whatever the UI shows.
+    """
+
+    def __init__(self, store: ReviewStore, pool: list[dict[str, Any]], k: int = 3, rng: random.Random | None = None):
+        """Args: the store, the pool items (may be empty: reviewing is then unavailable), k, an RNG for tests."""
+        self.store = store
+        self.pool = pool
+        self.assigner = Assigner(pool, store, k=k, rng=rng)
+
+    @staticmethod
+    def _require(reviewer: str | None) -> str:
+        if not reviewer:
+            raise PermissionError("Sign in as a reviewer to take part: anonymous ratings are not accepted.")
+        return reviewer
+
+    def profile(self, reviewer: str | None) -> dict[str, Any] | None:
+        """The stored profile, or None (first visit or anonymous)."""
+        return self.store.profile(reviewer) if reviewer else None
+
+    def register(self, reviewer: str | None, **fields: Any) -> dict[str, Any]:
+        """Store consent + profile (``ReviewerProfile.create`` fields) once; later calls return the first one."""
+        profile = ReviewerProfile.create(self._require(reviewer), **fields)
+        return self.store.save_profile(profile)
+
+    def _require_profile(self, reviewer: str | None) -> str:
+        reviewer = self._require(reviewer)
+        if self.store.profile(reviewer) is None:
+            raise PermissionError("Please give your consent and fill in your reviewer profile first.")
+        if not self.pool:
+            raise LookupError("No review pool is configured on this server.")
+        return reviewer
+
+    def next_item(self, reviewer: str | None) -> dict[str, Any] | None:
+        """The next item to rate (``id, prompt, reply, model``), or None when the reviewer rated them all."""
+        item = self.assigner.next_item(self._require_profile(reviewer))
+        return None if item is None else {k: item[k] for k in ("id", "prompt", "reply", "model")}
+
+    def submit(self, reviewer: str | None, item_id: str, **fields: Any) -> dict[str, Any]:
+        """Validate and store one rating (``Rating.create`` fields); returns the stored row."""
+        reviewer = self._require_profile(reviewer)
+        item = self.assigner.by_id.get(str(item_id))
+        if item is None:
+            raise ValueError(f"Unknown item {item_id!r}: reload the Review tab.")
+        row = self.store.add_rating(Rating.create(reviewer, item["id"], model=item["model"], **fields))
+        self.assigner.release(reviewer)
+        return row
+
+    def progress(self, reviewer: str | None) -> dict[str, int]:
+        """See ``Assigner.progress``."""
+        return self.assigner.progress(self._require(reviewer))
+
+    def report(self) -> dict[str, Any]:
+        """``build_report`` over every replica's ratings."""
+        return build_report(self.store.ratings())
+
+
+# ------------------------------------------------------------------------------------- reviewer credentials
+
+_HASH_PREFIX = "pbkdf2_sha256"
+_HASH_ITERATIONS = 200_000  # OWASP's PBKDF2-SHA256 guidance is higher; logins are rare and CPUs here small
+
+
+def hash_password(password: str, salt: bytes | None = None, iterations: int = _HASH_ITERATIONS) -> str:
+    """``pbkdf2_sha256$<iterations>$<salt hex>$<hash hex>``, for the reviewers file."""
+    salt = salt or os.urandom(16)
+    digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    return f"{_HASH_PREFIX}${iterations}${salt.hex()}${digest.hex()}"
+
+
+def check_password(stored: str, given: str) -> bool:
+    """True when ``given`` matches ``stored`` (a ``hash_password`` string, or a plain password)."""
+    if stored.startswith(_HASH_PREFIX + "$"):
+        try:
+            _, iterations, salt, digest = stored.split("$")
+            computed = hashlib.pbkdf2_hmac("sha256", given.encode(), bytes.fromhex(salt), int(iterations)).hex()
+        except ValueError:
+            return False
+        return hmac.compare_digest(computed, digest)
+    return hmac.compare_digest(stored.encode(), given.encode())
+
+
+def parse_reviewers(text: str) -> dict[str, str]:
+    """Reviewer credentials from a JSON object ``{"user": "secret"}`` or ``user:secret`` entries.
+
+    Entries are separated by newlines or commas; blank lines and ``#`` comments are ignored. A secret is a
+    plain password or a ``hash_password`` string.
+    """
+    text = text.strip()
+    if not text:
+        return {}
+    if text.startswith("{"):
+        data = json.loads(text)
+        return {str(user): str(secret) for user, secret in data.items()}
+    users: dict[str, str] = {}
+    for entry in re.split(r"[\n,]", text):
+        entry = entry.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        user, sep, secret = entry.partition(":")
+        if not sep or not user.strip() or not secret:
+            raise ValueError("Reviewer entries must look like `username:password` (an entry is malformed).")
+        users[user.strip()] = secret.strip()
+    return users
+
+
+def load_reviewers(path: str | Path | None = None, inline: str | None = None) -> dict[str, str]:
+    """Credentials from a reviewers file and/or an inline string (``$ALPACARE_REVIEWERS``); inline wins."""
+    users = parse_reviewers(Path(path).read_text(encoding="utf-8")) if path else {}
+    users.update(parse_reviewers(inline or ""))
+    return users
+
+
+def make_auth(users: dict[str, str]) -> Callable[[str, str], bool]:
+    """A Gradio ``auth=`` callable checking ``users``."""
+
+    def auth(username: str, password: str) -> bool:
+        stored = users.get(username)
+        return stored is not None and check_password(stored, password)
+
+    return auth
 
 
 # ------------------------------------------------------------------------------------------ Hub synchronizer
@@ -898,7 +1030,7 @@ def write_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m alpacare.review report --data DIR [--json OUT] [--csv OUT] [--plot OUT.png]``."""
+    """``python -m alpacare.review report --data DIR [--json OUT] [--csv OUT] [--plot PNG]`` or ``hash-password``."""
     parser = argparse.ArgumentParser(prog="python -m alpacare.review", description="Human review report.")
     sub = parser.add_subparsers(dest="command", required=True)
     rep = sub.add_parser("report", help="aggregate the ratings of a data folder (all replicas)")
@@ -906,8 +1038,17 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--json", dest="json_out", help="write the report dict as JSON here")
     rep.add_argument("--csv", dest="csv_out", help="write the ratings table as CSV here")
     rep.add_argument("--plot", dest="plot_out", help="write the score distributions as PNG here")
+    sub.add_parser("hash-password", help="read a password (prompt or stdin) and print its hash for the reviewers file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    if args.command == "hash-password":
+        password = getpass.getpass("Password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+        if not password:
+            print("error: empty password", file=sys.stderr)
+            return 2
+        print(hash_password(password))
+        return 0
 
     if not Path(args.data).is_dir():
         print(f"error: {args.data} is not a folder", file=sys.stderr)
