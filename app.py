@@ -141,7 +141,7 @@ class Settings:
     dataset_repo: str | None = None
     push_every: float = 5.0
     host: str = "127.0.0.1"
-    port: int = 7860
+    port: int | None = 7860  # None: the first free port from 7860
     token: str | None = field(default=None, repr=False)  # HF_TOKEN: never printed
 
     @classmethod
@@ -355,17 +355,17 @@ class Handlers:
         an exception; a model failure gets an apology (the traceback goes to the server log only).
         """
         history = [dict(m) for m in history or []]
+
+        def reply(text: str, shown_message: str = message) -> list[dict[str, Any]]:
+            # A new list per update: consumers may keep every yielded history (gradio_client's outputs()).
+            return [*history, {"role": "user", "content": shown_message}, {"role": "assistant", "content": text}]
+
         problem = check_message(message, self.settings.max_input_chars)
         if problem:
             shown = _preview(message) if isinstance(message, str) and message.strip() else "…"
-            history += [
-                {"role": "user", "content": shown},
-                {"role": "assistant", "content": f"**Not sent:** {problem}"},
-            ]
-            yield history, "", problem
+            yield reply(f"**Not sent:** {problem}", shown), "", problem
             return
-        history += [{"role": "user", "content": message}, {"role": "assistant", "content": "…"}]
-        yield history, "", "Generating…"
+        yield reply("…"), "", "Generating…"
         stop = threading.Event()
         key = self._session(request)
         with self._stop_lock:
@@ -373,12 +373,10 @@ class Handlers:
         stream = None
         try:
             model = self.models.get()
-            stream = self._stream()(
-                model.model, model.tokenizer, message, stop_event=stop, **self.settings.generation_kwargs()
-            )
-            status = "Generating…"
+            kwargs = self.settings.generation_kwargs()
+            stream = self._stream()(model.model, model.tokenizer, message, stop_event=stop, **kwargs)
             for update in stream:
-                history[-1]["content"] = update.text or "…"
+                status = "Generating…"
                 if update.done:
                     status = ""
                     if update.blocked:
@@ -388,14 +386,16 @@ class Handlers:
                         )
                     if stop.is_set():
                         status = "Stopped: the reply was cut short."
-                yield history, "", status
+                yield reply(update.text or "…"), "", status
         except ValueError as error:  # e.g. the prompt does not fit the model's context
-            history[-1]["content"] = f"**Not answered:** {error}"
-            yield history, "", str(error)
+            yield reply(f"**Not answered:** {error}"), "", str(error)
         except Exception:
             log.exception("Chat generation failed")
-            history[-1]["content"] = "Sorry, something went wrong while generating a reply. Please try again."
-            yield history, "", "Generation failed (see the server log)."
+            yield (
+                reply("Sorry, something went wrong while generating a reply. Please try again."),
+                "",
+                ("Generation failed (see the server log)."),
+            )
         finally:
             stop.set()  # the client went away or the stream ended: stop the model (frees the CPU)
             if stream is not None:
@@ -428,15 +428,15 @@ class Handlers:
         """One checked reply: ``{"reply", "blocked", "categories"}`` (the ``/generate`` API)."""
         problem = check_message(prompt, self.settings.max_input_chars)
         if problem:
-            raise gr.Error(problem)
+            raise _user_error(problem)
         model = self.models.get()
         try:
             reply = self._generate()(model.model, model.tokenizer, prompt, **self.settings.generation_kwargs())
         except ValueError as error:
-            raise gr.Error(str(error)) from None
+            raise _user_error(str(error)) from None
         except Exception:
             log.exception("/generate failed")
-            raise gr.Error("Generation failed; please try again.") from None
+            raise _user_error("Generation failed; please try again.") from None  # logged above
         return {"reply": reply.reply, "blocked": bool(reply.blocked), "categories": list(reply.categories)}
 
     # -- review ----------------------------------------------------------------------------------------------
@@ -554,7 +554,7 @@ class Handlers:
         try:
             return fn()
         except (ValueError, PermissionError, LookupError) as error:
-            raise gr.Error(str(error)) from None
+            raise _user_error(str(error)) from None
 
     def api_register(
         self,
@@ -623,6 +623,11 @@ class Handlers:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             csv_path = str(write_csv(self.desk.store.ratings(), self._export_dir / f"ratings-{stamp}.csv"))
         return report_markdown(report), plot_distributions(report), csv_path, report
+
+
+def _user_error(message: str) -> gr.Error:
+    """An error shown to the caller as is; no server traceback (it is the caller's input, or logged already)."""
+    return gr.Error(message, print_exception=False)
 
 
 def _visible(visible: bool) -> dict[str, Any]:

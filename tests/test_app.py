@@ -1,0 +1,485 @@
+"""The Gradio app (app.py): its handlers directly, the launched app through gradio_client, and a real browser.
+
+Handler tests pass fakes or a tiny random model (the model is handed in, never loaded at import). The launched
+app runs in-process on a tiny random Llama; ``python app.py`` and the browser test use the real SmolLM2.
+Screenshots of the browser test go to ``test-artifacts/`` (gitignored).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import gradio as gr
+import pytest
+
+import app
+from alpacare.generation import StreamUpdate
+from alpacare.modeling import LoadedModel
+from alpacare.prompts import DISCLAIMER
+from alpacare.review import build_report, load_ratings
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+GOOD = {"safety": 5, "helpfulness": 4, "clarity": 4, "factuality": 5, "disclaimer_ok": True}
+PROFILE = {"consent": True, "name": "Test Reviewer", "affiliation": "Test Clinic", "credential": "RN", "expertise": 3}
+BINARY_JUNK = bytes(range(256)).decode("latin-1") * 3
+FAKE_MODEL = LoadedModel(model=object(), tokenizer=object(), base="fake-base", adapter="runs/demo")
+
+
+def make_pool(n: int) -> list[dict]:
+    """Synthetic review items (own text: the CC BY-NC data never enters the repo)."""
+    return [
+        {
+            "id": f"item-{i}",
+            "prompt": f"What is condition {i}?",
+            "reply": f"General facts {i}. {DISCLAIMER}",
+            "model": "m",
+        }
+        for i in range(n)
+    ]
+
+
+def request(username: str | None = None, session: str = "session-1") -> SimpleNamespace:
+    """What Gradio passes as ``gr.Request``: the login name (None when anonymous) and the session."""
+    return SimpleNamespace(username=username, session_hash=session)
+
+
+def make_settings(tmp_path: Path, **overrides) -> app.Settings:
+    values = dict(data_dir=tmp_path / "reviews", replica_id="test", max_new_tokens=24, port=None, min_ratings=2)
+    values.update(overrides)
+    return app.Settings(**values)
+
+
+def make_handlers(
+    tmp_path: Path, stream_fn=None, generate_fn=None, models=None, pool=None, **settings
+) -> app.Handlers:
+    demo = app.build_demo(
+        models or FAKE_MODEL,
+        make_settings(tmp_path, **settings),
+        pool=make_pool(5) if pool is None else pool,
+        stream_fn=stream_fn,
+        generate_fn=generate_fn,
+    )
+    return demo.handlers
+
+
+def fake_stream(*texts: str, blocked: bool = False, categories=()):
+    """A stand-in for ``stream_safe_generate`` yielding cumulative texts, the last one final."""
+
+    def stream(model, tokenizer, prompt, input_text=None, *, max_new_tokens=256, stop_event=None, **kwargs):
+        for i, text in enumerate(texts):
+            last = i == len(texts) - 1
+            yield StreamUpdate(text, done=last, blocked=blocked and last, categories=list(categories) if last else [])
+
+    return stream
+
+
+def last_reply(history: list[dict]) -> str:
+    return app._message_text(history[-1])
+
+
+# --------------------------------------------------------------------------------------------- input checks
+
+
+class TestInputCheck:
+    @pytest.mark.parametrize(
+        ("text", "message"),
+        [
+            ("", "type a question"),
+            ("   \n\t", "type a question"),
+            (None, "type a question"),
+            ("x" * 100_000, "too long (100,000 characters)"),
+            (BINARY_JUNK[:1000], "binary or unreadable"),
+            ("What is\x00 this", "binary or unreadable"),
+            ("\ufffd" * 50, "binary or unreadable"),
+        ],
+    )
+    def test_refused_with_a_clear_message(self, text, message):
+        assert message in app.check_message(text, 4000)
+
+    @pytest.mark.parametrize("text", ["What is anemia?", "Line one\nline two\ttab", "Qu'est-ce que l'anémie ? 🩸"])
+    def test_accepted(self, text):
+        assert app.check_message(text, 4000) is None
+
+
+# ----------------------------------------------------------------------------------------------------- chat
+
+
+class TestChatHandler:
+    @pytest.mark.parametrize("message", ["", "x" * 100_000, BINARY_JUNK, None])
+    def test_bad_input_gets_a_message_and_never_reaches_the_model(self, tmp_path: Path, message):
+        def loader():
+            raise AssertionError("the model must not be touched")
+
+        h = make_handlers(tmp_path, models=app.ModelProvider(loader, label="lazy"))
+        outputs = list(h.chat(message, [], request()))
+        history, textbox, status = outputs[-1]
+        assert last_reply(history).startswith("**Not sent:**") and status in last_reply(history)
+        assert "Traceback" not in json.dumps(outputs) and len(json.dumps(history)) < 2000
+        assert textbox == ""
+
+    def test_streams_cumulative_updates_ending_with_the_disclaimer(self, tmp_path: Path):
+        final = f"Anemia means few red cells. It causes tiredness.\n\n{DISCLAIMER}"
+        h = make_handlers(tmp_path, stream_fn=fake_stream("Anemia means few red cells.", final))
+        outputs = list(h.chat("What is anemia?", [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]))
+        replies = [last_reply(history) for history, _, _ in outputs]
+        assert replies == ["…", "Anemia means few red cells.", final]
+        history, textbox, status = outputs[-1]
+        assert [m["role"] for m in history] == ["user", "user", "assistant"] and status == "" and textbox == ""
+
+    def test_blocked_reply_is_explained(self, tmp_path: Path):
+        h = make_handlers(
+            tmp_path, stream_fn=fake_stream(f"Safe fallback. {DISCLAIMER}", blocked=True, categories=["dosage"])
+        )
+        *_, (history, _, status) = h.chat("How much ibuprofen?", [])
+        assert "Safety filter" in status and "dosage" in status and last_reply(history).endswith(DISCLAIMER)
+
+    def test_model_failure_gives_an_apology_not_a_traceback(self, tmp_path: Path):
+        def broken(*args, **kwargs):
+            yield StreamUpdate("Partial.", done=False, blocked=False)
+            raise RuntimeError("Traceback: tensor exploded")
+
+        h = make_handlers(tmp_path, stream_fn=broken)
+        *_, (history, _, status) = h.chat("What is anemia?", [])
+        assert "something went wrong" in last_reply(history) and "exploded" not in json.dumps(history) + status
+
+    def test_stop_button_stops_generation_and_closes_the_reply(self, tmp_path: Path):
+        steps = {"n": 0}
+        stopped = threading.Event()
+
+        def endless(model, tokenizer, prompt, *, stop_event=None, **kwargs):
+            text = ""
+            while not stop_event.is_set():  # a CPU-bound generation that only a stop event ends
+                steps["n"] += 1
+                text += "Word. "
+                time.sleep(0.005)
+                if steps["n"] % 5 == 0:
+                    yield StreamUpdate(text.strip(), done=False, blocked=False)
+            stopped.set()
+            yield StreamUpdate(f"{text.strip()}\n\n{DISCLAIMER}", done=True, blocked=False)
+
+        h = make_handlers(tmp_path, stream_fn=endless)
+        shown: list = []
+        worker = threading.Thread(target=lambda: shown.extend(h.chat("Tell me everything", [], request())))
+        worker.start()
+        while steps["n"] < 20:
+            time.sleep(0.01)
+        history, status = h.stop([{"role": "user", "content": "Tell me everything"}, shown[-1][0][-1]], request())
+        assert stopped.wait(2) and status == "Stopped."
+        worker.join(2)
+        frozen = steps["n"]
+        time.sleep(0.1)
+        assert steps["n"] == frozen and not worker.is_alive()  # no more work after the stop
+        assert last_reply(history).endswith(DISCLAIMER) and "*(stopped)*" in last_reply(history)
+        assert shown[-1][2] == "Stopped: the reply was cut short." and last_reply(shown[-1][0]).endswith(DISCLAIMER)
+
+    def test_stop_only_stops_its_own_session(self, tmp_path: Path):
+        h = make_handlers(tmp_path)
+        other = threading.Event()
+        h._stop_events["other-session"] = other
+        h.stop([], request(session="mine"))
+        assert not other.is_set()
+
+    def test_a_closed_stream_stops_generation(self, tmp_path: Path):
+        """Gradio closes the generator when the client goes away: the model must stop too."""
+        seen = {}
+
+        def stream(model, tokenizer, prompt, *, stop_event=None, **kwargs):
+            seen["event"] = stop_event
+            try:
+                while True:
+                    yield StreamUpdate("Still going.", done=False, blocked=False)
+            finally:
+                seen["closed"] = True
+
+        chat = make_handlers(tmp_path, stream_fn=stream).chat("Hello?", [], request())
+        next(chat), next(chat), next(chat)
+        chat.close()
+        assert seen["event"].is_set() and seen["closed"]
+
+    def test_tiny_model_reply_ends_with_the_disclaimer(self, tmp_path: Path, tiny_model, tokenizer):
+        models = LoadedModel(tiny_model, tokenizer, base="tiny")
+        *_, (history, _, status) = make_handlers(tmp_path, models=models).chat("What is anemia?", [], request())
+        assert last_reply(history).endswith(DISCLAIMER) and "wrong" not in status
+
+    def test_stop_really_stops_the_cpu(self, tmp_path: Path, tiny_model, tokenizer):
+        """Real ``stream_safe_generate`` on a tiny model: after Stop, no more forward passes run."""
+        calls = {"n": 0}
+        tiny_model.register_forward_hook(lambda *args: calls.__setitem__("n", calls["n"] + 1))
+        models = LoadedModel(tiny_model, tokenizer, base="tiny")
+        h = make_handlers(tmp_path, models=models, max_new_tokens=700)
+        outputs: list = []
+        worker = threading.Thread(target=lambda: outputs.extend(h.chat("Tell me about sleep.", [], request())))
+        started = time.perf_counter()
+        worker.start()
+        while calls["n"] < 10 and time.perf_counter() - started < 30:
+            time.sleep(0.001)
+        h.stop([], request())
+        worker.join(10)
+        at_stop = calls["n"]
+        time.sleep(0.3)
+        assert not worker.is_alive() and calls["n"] == at_stop  # the generation thread is gone
+        assert at_stop < 200  # far fewer than the 700 steps asked for
+        assert last_reply(outputs[-1][0]).endswith(DISCLAIMER)
+
+
+class TestGenerateAPI:
+    def test_returns_the_contract_dict(self, tmp_path: Path):
+        def generate(model, tokenizer, prompt, **kwargs):
+            assert kwargs["max_new_tokens"] == 24
+            return SimpleNamespace(reply=f"Facts. {DISCLAIMER}", blocked=False, categories=())
+
+        out = make_handlers(tmp_path, generate_fn=generate).generate("What is anemia?")
+        assert out == {"reply": f"Facts. {DISCLAIMER}", "blocked": False, "categories": []}
+
+    @pytest.mark.parametrize(("prompt", "message"), [("", "type a question"), ("y" * 100_000, "too long")])
+    def test_bad_input_raises_a_clear_gradio_error(self, tmp_path: Path, prompt, message):
+        with pytest.raises(gr.Error, match=message):
+            make_handlers(tmp_path, generate_fn=lambda *a, **k: pytest.fail("model called")).generate(prompt)
+
+    def test_internal_error_is_not_leaked(self, tmp_path: Path):
+        def broken(*args, **kwargs):
+            raise RuntimeError("secret internals")
+
+        with pytest.raises(gr.Error) as info:
+            make_handlers(tmp_path, generate_fn=broken).generate("What is anemia?")
+        assert "secret" not in str(info.value)
+
+
+# --------------------------------------------------------------------------------------------------- review
+
+
+class TestReviewHandlers:
+    def view(self, outputs: tuple) -> dict:
+        names = ["who", "consent", "rating", "progress", "item", "item_id"]
+        view = dict(zip(names, outputs[:6], strict=True))
+        view["consent"], view["rating"] = view["consent"]["visible"], view["rating"]["visible"]
+        view["message"] = outputs[-1]
+        return view
+
+    def test_anonymous_visitor_cannot_review(self, tmp_path: Path):
+        h = make_handlers(tmp_path)
+        view = self.view(h.review_load(request(None)))
+        assert "needs a reviewer login" in view["who"] and not view["consent"] and not view["rating"]
+        out = self.view(h.review_submit("item-0", 5, 5, 5, 5, "yes", [], "", request(None)))
+        assert "Sign in" in out["message"]
+        with pytest.raises(gr.Error, match="Sign in"):
+            h.api_submit("item-0", 5, 5, 5, 5, True, request=request(None))
+        assert h.desk.store.ratings() == []
+
+    def test_first_visit_consent_then_items_then_results(self, tmp_path: Path):
+        h = make_handlers(tmp_path)
+        alice = request("alice")
+        assert self.view(h.review_load(alice))["consent"]
+        refused = self.view(h.review_register(False, "Alice", "Clinic", "MD", None, "", 4, "", alice))
+        assert "Consent is required" in refused["message"] and refused["consent"]
+        student = self.view(h.review_register(True, "Alice", "Clinic", "Medical student", 2, "", 4, "", alice))
+        assert student["rating"] and "Medical student, year 2" in student["who"]
+        assert student["item_id"] in {f"item-{i}" for i in range(5)} and "0 of 5" in student["progress"]
+        missing = self.view(h.review_submit(student["item_id"], 5, None, 4, 4, "yes", [], "", alice))
+        assert "helpfulness" in missing["message"] and missing["item_id"] == student["item_id"]
+        saved = self.view(h.review_submit(student["item_id"], 2, 3, 4, 4, "no", ["dosage"], "dose given", alice))
+        assert "Rating saved" in saved["message"] and saved["item_id"] != student["item_id"]
+        assert "1 of 5" in saved["progress"]
+        text, figure, csv_path, report = h.results()
+        assert report["n_ratings"] == 1 and report["violation_rate"] == 1.0 and "NO-GO" in text
+        assert Path(csv_path).read_text().count("\n") == 2 and len(figure.axes) == 4
+        row = h.desk.store.ratings()[0]
+        assert (row["reviewer"], row["categories"], row["comment"]) == ("alice", ["dosage"], "dose given")
+
+    def test_every_item_rated(self, tmp_path: Path):
+        h = make_handlers(tmp_path, pool=make_pool(1))
+        h.api_register(**PROFILE, request=request("bob"))
+        h.api_submit(h.api_next_item(request("bob"))["id"], **GOOD, request=request("bob"))
+        assert h.api_next_item(request("bob")) == {}
+        assert "rated every item" in self.view(h.review_load(request("bob")))["item"]
+
+    def test_no_pool_configured(self, tmp_path: Path):
+        h = make_handlers(tmp_path, pool=[])
+        h.api_register(**PROFILE, request=request("bob"))
+        assert "No review pool" in self.view(h.review_load(request("bob")))["item"]
+
+    def test_oauth_identity(self):
+        profile = gr.OAuthProfile(
+            {"preferred_username": "drbob", "name": "Bob", "sub": "1", "profile": "", "picture": ""}
+        )
+        assert app.reviewer_of(request(None), profile) == "hf:drbob"
+        assert app.reviewer_of(request(None), profile, allowlist=("someone-else",)) is None
+        assert app.reviewer_of(request("alice"), profile) == "alice"  # a Gradio login wins
+        assert app.reviewer_of(None, None) is None
+
+
+# ------------------------------------------------------------------------------------------------- settings
+
+
+class TestSettings:
+    def test_env_then_flags(self, monkeypatch, tmp_path: Path):
+        monkeypatch.setenv("ALPACARE_ADAPTER", "org/alpacare-lora")
+        monkeypatch.setenv("ALPACARE_ADAPTER_REVISION", "v1")
+        monkeypatch.setenv("ALPACARE_MIN_RATINGS", "5")
+        monkeypatch.setenv("ALPACARE_TEMPERATURE", "0.7")
+        monkeypatch.setenv("HF_TOKEN", "hf_SettingsSecret123")
+        settings = app.parse_args(["--revision", "v2", "--data-dir", str(tmp_path), "--port", "7999"])
+        assert (settings.adapter, settings.revision, settings.min_ratings) == ("org/alpacare-lora", "v2", 5)
+        assert settings.data_dir == tmp_path and settings.port == 7999
+        assert settings.generation_kwargs() == {
+            "max_new_tokens": 256,
+            "do_sample": True,
+            "temperature": 0.7,
+            "top_p": 0.9,
+        }
+        assert settings.model_label() == "HuggingFaceTB/SmolLM2-135M-Instruct (embedded) + org/alpacare-lora@v2"
+        assert "hf_SettingsSecret123" not in repr(settings)
+
+    def test_greedy_by_default(self):
+        assert app.Settings().generation_kwargs() == {"max_new_tokens": 256}
+
+    def test_model_line_names_base_and_adapter(self, tmp_path: Path):
+        demo = app.build_demo(FAKE_MODEL, make_settings(tmp_path))
+        line = next(b.value for b in demo.blocks.values() if getattr(b, "elem_id", None) == "model-line")
+        assert "fake-base + runs/demo" in line and "not medical advice" in line
+
+    def test_import_loads_no_model_and_writes_nothing(self, tmp_path: Path):
+        code = (
+            "import sys, app\n"
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'model libraries imported'\n"
+            "assert app.demo.handlers.models._loaded is None\n"
+        )
+        env = {**os.environ, "ALPACARE_DATA_DIR": str(tmp_path / "reviews"), "PYTHONPATH": str(ROOT)}
+        subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, check=True, timeout=120)
+        assert not (tmp_path / "reviews").exists()
+
+
+# ------------------------------------------------------------------------------------------- launched app
+
+
+@pytest.fixture(scope="module")
+def tiny_loaded(tokenizer) -> LoadedModel:
+    """A tiny random Llama for the launched app (module scope: conftest's ``tiny_model`` is per test)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=1024,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return LoadedModel(LlamaForCausalLM(config).eval(), tokenizer, base="tiny-random-llama")
+
+
+REVIEWERS = {f"reviewer-{n:02d}": f"pw-{n}" for n in range(50)}
+
+
+@pytest.fixture(scope="module")
+def launched(tiny_loaded, tmp_path_factory):
+    """The app served by Gradio (queue, auth, API) on a tiny model, with 50 reviewer logins and a 40-item pool."""
+    data = tmp_path_factory.mktemp("launched") / "reviews"
+    settings = app.Settings(data_dir=data, replica_id="launched", max_new_tokens=16, port=None, min_ratings=3)
+    settings.reviewers_inline = ",".join(f"{u}:{p}" for u, p in REVIEWERS.items())
+    demo = app.build_demo(tiny_loaded, settings, pool=make_pool(40))
+    _, url, _ = app.launch(demo, settings, prevent_thread_lock=True, quiet=True)
+    yield SimpleNamespace(url=url, demo=demo, data=data)
+    demo.close()
+
+
+def client_for(url: str, user: str = "reviewer-00"):
+    from gradio_client import Client
+
+    return Client(url, auth=(user, REVIEWERS[user]), verbose=False)
+
+
+class TestLaunchedApp:
+    def test_anonymous_client_is_turned_away(self, launched):
+        from gradio_client import Client
+
+        with pytest.raises(Exception):  # noqa: B017 - gradio_client raises different types across versions
+            Client(launched.url, verbose=False)
+
+    def test_generate_endpoint(self, launched):
+        out = client_for(launched.url).predict("What is anemia?", api_name="/generate")
+        assert set(out) == {"reply", "blocked", "categories"} and out["reply"].endswith(DISCLAIMER)
+        assert isinstance(out["blocked"], bool) and isinstance(out["categories"], list)
+
+    @pytest.mark.parametrize(
+        ("prompt", "message"),
+        [("", "type a question"), ("x" * 100_000, "too long"), (BINARY_JUNK, "binary or unreadable")],
+    )
+    def test_generate_bad_input(self, launched, prompt, message):
+        from gradio_client.exceptions import AppError
+
+        with pytest.raises(AppError, match=message) as info:
+            client_for(launched.url).predict(prompt, api_name="/generate")
+        assert "Traceback" not in str(info.value)
+
+    def test_chat_streams(self, launched):
+        job = client_for(launched.url).submit("What is anemia?", [], api_name="/chat")
+        history, textbox, status = job.result(timeout=120)
+        outputs = job.outputs()
+        assert len(outputs) >= 2 and app._message_text(outputs[0][0][-1]) == "…"  # streamed, placeholder first
+        assert app._message_text(history[-1]).endswith(DISCLAIMER) and textbox == ""
+
+    def test_review_submission_and_report(self, launched):
+        client = client_for(launched.url, "reviewer-49")
+        profile = client.predict(**PROFILE, api_name="/register_reviewer")
+        assert profile["reviewer"] == "reviewer-49" and profile["consent"] is True
+        item = client.predict(api_name="/next_item")
+        row = client.predict(item["id"], **{**GOOD, "safety": 1}, categories=["diagnosis"], api_name="/submit_rating")
+        assert row["reviewer"] == "reviewer-49" and row["item_id"] == item["id"] and row["safety"] == 1
+        from gradio_client.exceptions import AppError
+
+        with pytest.raises(AppError, match="already rated"):
+            client.predict(item["id"], **GOOD, api_name="/submit_rating")
+        report = client.predict(api_name="/report")
+        expected = build_report(load_ratings(launched.data))
+        assert report["n_ratings"] == expected["n_ratings"] >= 1 and report["criteria"] == expected["criteria"]
+
+    def test_50_concurrent_reviewers_through_the_app(self, launched):
+        """50 gradio_client reviewers at once, every call through Gradio's auth and queue: no row lost or doubled.
+
+        Gradio + gradio_client cost ~0.1 s per call here, so the default run does 50 x 4 submissions (~25 s);
+        ``ALPACARE_APP_STRESS_SUBMISSIONS=20`` runs the full 50 x 20 = 1000 (~2 min on this 2-core machine).
+        """
+        per_reviewer = int(os.environ.get("ALPACARE_APP_STRESS_SUBMISSIONS", "4"))
+        before = len(load_ratings(launched.data))  # earlier tests' ratings
+        users = list(REVIEWERS)
+        errors: list[BaseException] = []
+        barrier = threading.Barrier(len(users))
+
+        def review(user: str) -> None:
+            try:
+                client = client_for(launched.url, user)
+                barrier.wait()
+                client.predict(**PROFILE, api_name="/register_reviewer")
+                for _ in range(per_reviewer):
+                    item = client.predict(api_name="/next_item")
+                    client.predict(item["id"], **GOOD, api_name="/submit_rating")
+            except BaseException as error:  # noqa: BLE001 - reported below
+                errors.append(error)
+
+        started = time.perf_counter()
+        threads = [threading.Thread(target=review, args=(u,)) for u in users]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(600)
+        elapsed = time.perf_counter() - started
+        assert not errors, errors[:3]
+        rows = load_ratings(launched.data)
+        raw = (launched.data / "ratings-launched.jsonl").read_bytes().splitlines()
+        assert len(rows) == len(raw) == before + 50 * per_reviewer  # every line valid, nothing lost or doubled
+        assert len({(r["reviewer"], r["item_id"]) for r in rows}) == len(rows)
+        print(f"\napp: 50 gradio_client reviewers x {per_reviewer} = {50 * per_reviewer} rows in {elapsed:.1f} s")
