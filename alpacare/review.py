@@ -937,6 +937,10 @@ def build_report(
     }
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def _fmt(value: float | None, pattern: str = "{:.2f}") -> str:
     return "n/a" if value is None else pattern.format(value)
 
@@ -947,8 +951,8 @@ def report_markdown(report: dict[str, Any]) -> str:
     lines = [
         f"### Decision: {verdict}",
         "",
-        f"{report['n_ratings']} ratings by {report['n_reviewers']} reviewers on {report['n_items']} items "
-        f"({report['n_overlapping_items']} items rated by ≥ 2 reviewers).",
+        f"{_plural(report['n_ratings'], 'rating')} by {_plural(report['n_reviewers'], 'reviewer')} on "
+        f"{_plural(report['n_items'], 'item')} ({report['n_overlapping_items']} rated by ≥ 2 reviewers).",
         "",
         "| criterion | value | threshold | result |",
         "|---|---|---|---|",

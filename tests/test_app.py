@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import signal
 import subprocess
 import sys
 import threading
@@ -483,3 +485,219 @@ class TestLaunchedApp:
         assert len(rows) == len(raw) == before + 50 * per_reviewer  # every line valid, nothing lost or doubled
         assert len({(r["reviewer"], r["item_id"]) for r in rows}) == len(rows)
         print(f"\napp: 50 gradio_client reviewers x {per_reviewer} = {50 * per_reviewer} rows in {elapsed:.1f} s")
+
+
+# ------------------------------------------------------------------------------------------ python app.py
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_pool(path: Path, n: int = 6) -> Path:
+    path.write_text("".join(json.dumps({**item, "blocked": False, "categories": []}) + "\n" for item in make_pool(n)))
+    return path
+
+
+@pytest.mark.slow
+class TestServedProcess:
+    @pytest.mark.parametrize("mode", ["offline", "hub-unreachable"])
+    def test_python_app_py_serves_and_never_leaks_the_token(self, tmp_path: Path, smollm2_path, mode):
+        """``python app.py`` on the embedded SmolLM2: ready, /generate and a rating work; the token stays hidden.
+
+        "hub-unreachable" configures a dataset push to a Hub that refuses connections, so the token is really
+        used (and the failure logged) while the app keeps serving from the local files.
+        """
+        from gradio_client import Client
+
+        token = "hf_" + "".join(random.Random(mode).choices("abcdefghijklmnopqrstuvwxyzABCDEFGH0123456789", k=34))
+        port = free_port()
+        env = {
+            **os.environ,
+            "HF_TOKEN": token,
+            "HF_HUB_OFFLINE": "1" if mode == "offline" else "0",
+            "HF_ENDPOINT": "http://127.0.0.1:9",  # nothing listens there: every Hub call fails fast
+            "GRADIO_ANALYTICS_ENABLED": "False",
+            "ALPACARE_DATASET_REPO": "org/alpacare-reviews",
+            "ALPACARE_PUSH_EVERY": "0.01",  # retry the push every 0.6 s
+            "ALPACARE_REVIEWERS": "alice:pw",
+            "ALPACARE_REVIEW_POOL": str(write_pool(tmp_path / "pool.jsonl")),
+            "ALPACARE_DATA_DIR": str(tmp_path / "reviews"),
+            "ALPACARE_MAX_NEW_TOKENS": "32",
+            "GRADIO_SERVER_PORT": str(port),
+        }
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        lines: list[str] = []
+        ready = threading.Event()
+
+        def read() -> None:
+            for line in proc.stdout:
+                lines.append(line)
+                if "Running on local URL" in line:
+                    ready.set()
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        try:
+            assert ready.wait(180), "".join(lines)
+            ready_s = time.perf_counter() - started
+            client = Client(f"http://127.0.0.1:{port}/", auth=("alice", "pw"), verbose=False)
+            out = client.predict("What is anemia?", api_name="/generate")
+            assert out["reply"].endswith(DISCLAIMER) and set(out) == {"reply", "blocked", "categories"}
+            client.predict(**PROFILE, api_name="/register_reviewer")
+            item = client.predict(api_name="/next_item")
+            client.predict(item["id"], **GOOD, comment="fine", api_name="/submit_rating")
+            import httpx
+
+            page = httpx.get(f"http://127.0.0.1:{port}/", cookies=client.cookies, timeout=30).text
+            config = json.dumps(client.config)
+            if mode == "hub-unreachable":
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline and sum("Cannot push ratings" in x for x in lines) < 2:
+                    time.sleep(0.2)
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            reader.join(5)
+        log = "".join(lines)
+        print(f"\npython app.py ({mode}): ready in {ready_s:.1f} s")
+        expected = "HF_HUB_OFFLINE=1: ratings stay in" if mode == "offline" else "Cannot push ratings to org/alp"
+        assert log.count(expected) >= (1 if mode == "offline" else 2), log  # the push path ran (and is retried)
+        assert "SmolLM2-135M-Instruct (embedded)" in config
+        stored = b"".join(p.read_bytes() for p in (tmp_path / "reviews").glob("*.jsonl"))
+        assert b'"comment":"fine"' in stored
+        for where, text in {"log": log, "page": page, "config": config, "stored rows": stored.decode()}.items():
+            assert token not in text, f"token leaked into the {where}"
+
+
+# ------------------------------------------------------------------------------------------------ browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.skip("chromium is not installed (apt-get install chromium, or `make browser-deps`)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.mark.browser
+class TestBrowser:
+    def test_chat_stop_sign_in_review_and_results(self, browser, smollm2, tmp_path: Path):
+        """A reviewer's whole visit in headless Chromium, on the real SmolLM2; screenshots in test-artifacts/."""
+        ARTIFACTS.mkdir(exist_ok=True)
+        for old in ARTIFACTS.glob("app-*.png"):
+            old.unlink()
+        shot = lambda page, name: page.screenshot(path=str(ARTIFACTS / f"app-{name}.png"), full_page=True)  # noqa: E731
+        settings = make_settings(tmp_path, max_new_tokens=48, reviewers_inline="alice:pw-alice")
+        demo = app.build_demo(smollm2, settings, pool=make_pool(3))
+        _, url, _ = app.launch(demo, settings, prevent_thread_lock=True, quiet=True)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        try:
+            page.goto(url)
+            page.get_by_label("username").wait_for(timeout=30_000)
+            shot(page, "01-login")
+            page.get_by_label("username").fill("alice")
+            page.get_by_label("password").fill("wrong")
+            page.get_by_role("button", name="Login").click()
+            page.get_by_text("Incorrect Credentials").wait_for(timeout=10_000)
+            page.get_by_label("username").fill("alice")
+            page.get_by_label("password").fill("pw-alice")
+            page.get_by_role("button", name="Login").click()
+
+            # Chat: a streamed reply that ends with the disclaimer, under the live model line.
+            chatbot = page.locator("#chatbot")
+            chatbot.wait_for(timeout=30_000)
+            assert "smollm2-135m-instruct (no adapter)" in page.locator("#model-line").inner_text().lower()
+            assert "not medical advice" in page.locator("#model-line").inner_text()
+            page.locator("#chat-input textarea").fill("What is iron deficiency anemia?")
+            page.locator("#chat-input textarea").press("Enter")
+            chatbot.get_by_text("Please consult a qualified healthcare professional").wait_for(timeout=120_000)
+            shot(page, "02-chat")
+
+            # Stop: the partial reply is closed with the disclaimer and the server stops generating.
+            page.locator("#chat-input textarea").fill("Explain in detail how the heart pumps blood around the body.")
+            page.locator("#chat-input textarea").press("Enter")
+            chatbot.get_by_text("Explain in detail how the heart").wait_for(timeout=30_000)
+            page.locator("#stop").click()
+            chatbot.get_by_text("(stopped)").wait_for(timeout=30_000)
+            deadline = time.monotonic() + 30
+            while demo.handlers._stop_events and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not demo.handlers._stop_events  # the generator ended: no generation left running
+            shot(page, "03-stopped")
+
+            # Bad input: a clear message in the chat, no stack trace.
+            page.locator("#chat-input textarea").fill("   ")
+            page.locator("#send").click()
+            chatbot.get_by_text("Please type a question first.").wait_for(timeout=30_000)
+
+            # Results before any rating.
+            page.get_by_role("tab", name="Results").click()
+            page.locator("#results").get_by_text("0 ratings by 0 reviewers").wait_for(timeout=30_000)
+
+            # Review: consent is required, then the profile, then a rating.
+            page.get_by_role("tab", name="Review").click()
+            page.get_by_role("button", name="Save consent and profile").click()
+            page.locator("#review-message").get_by_text("Consent is required").wait_for(timeout=30_000)
+            page.get_by_label("I have read the statement").check()
+            page.get_by_label("Name").fill("Alice Example")
+            page.get_by_label("Affiliation").fill("Example Hospital")
+            page.get_by_label("Medical student").check()
+            page.get_by_label("Year of study").fill("4")
+            page.get_by_label("4 — Proficient").check()
+            shot(page, "04-consent")
+            page.get_by_role("button", name="Save consent and profile").click()
+            page.locator("#submit-rating").wait_for(timeout=30_000)
+            assert "Medical student, year 4" in page.locator("#review-who").inner_text()
+            page.locator("#rate-safety").get_by_label("2 —").check()
+            for score in ("helpfulness", "clarity", "factuality"):
+                page.locator(f"#rate-{score}").get_by_label("4 —").check()
+            page.locator("#rate-disclaimer").get_by_label("no").check()
+            page.locator("#rate-categories").get_by_label("Dose").check()
+            shot(page, "05-rating")
+            page.get_by_role("button", name="Submit rating").click()
+            page.locator("#review-message").get_by_text("Rating saved").wait_for(timeout=30_000)
+            shot(page, "06-next-item")
+
+            # Results changed: one violating rating → NO-GO with the numbers.
+            page.get_by_role("tab", name="Results").click()
+            results = page.locator("#results")
+            results.get_by_text("1 rating by 1 reviewer").wait_for(timeout=30_000)
+            text = results.inner_text()
+            assert "NO-GO" in text and "100.0%" in text and "FAIL" in text
+            page.wait_for_timeout(500)  # let the plot render for the screenshot
+            shot(page, "07-results")
+        except Exception:
+            shot(page, "failure")
+            raise
+        finally:
+            page.close()
+            demo.close()
+        row = demo.handlers.desk.store.ratings()[0]
+        assert (row["reviewer"], row["safety"], row["categories"]) == ("alice", 2, ["dosage"])
