@@ -135,3 +135,179 @@ class TestPrecision:
     def test_auto_kwargs_build_training_arguments(self, tmp_path):
         args = _args(tmp_path, **fastpath.resolve_precision("auto"))
         assert args.bf16 == fastpath.resolve_precision("auto")["bf16"]
+
+
+class TestRightPadding:
+    @pytest.mark.parametrize(
+        ("rows", "want"),
+        [([[1, 1, 1], [1, 1, 0]], True), ([[1, 1, 1], [1, 1, 1]], True), ([[1, 1, 0], [0, 1, 1]], False)],
+    )
+    def test_is_right_padded(self, rows, want):
+        import torch
+
+        assert fastpath.is_right_padded(torch.tensor(rows)) is want
+
+    def test_mask_dropped_only_when_padding_carries_no_loss(self):
+
+        batch = _batch()
+        assert "attention_mask" not in fastpath.drop_redundant_attention_mask(batch)
+        leaky = dict(batch, labels=batch["labels"].clone())
+        leaky["labels"][1, 10] = 5  # a loss on a padded position: the mask matters
+        assert "attention_mask" in fastpath.drop_redundant_attention_mask(leaky)
+        left = dict(batch, attention_mask=batch["attention_mask"].flip(1))
+        assert "attention_mask" in fastpath.drop_redundant_attention_mask(left)
+
+    def test_same_loss_without_the_mask(self):
+        import torch
+
+        model = _tiny_llama()
+        batch = _batch()
+        with torch.no_grad():
+            want = model(**batch).loss
+            got = model(**fastpath.drop_redundant_attention_mask(batch)).loss
+        assert got.item() == pytest.approx(want.item(), rel=1e-5)
+
+
+class TestCausalAttention:
+    @pytest.mark.parametrize("chunks", [1, 2, 4])
+    @pytest.mark.parametrize(("heads", "kv_heads", "length"), [(4, 2, 37), (3, 3, 8), (6, 1, 64)])
+    def test_matches_sdpa(self, chunks, heads, kv_heads, length):
+        import torch
+        import torch.nn.functional as F
+
+        torch.manual_seed(0)
+        q = torch.randn(2, heads, length, 8, requires_grad=True)
+        k = torch.randn(2, kv_heads, length, 8, requires_grad=True)
+        v = torch.randn(2, kv_heads, length, 8, requires_grad=True)
+        want = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True).transpose(1, 2)
+        got = fastpath.causal_attention(q, k, v, 8**-0.5, chunks=chunks)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        grads_want = torch.autograd.grad(want.square().sum(), (q, k, v))
+        grads_got = torch.autograd.grad(got.square().sum(), (q, k, v))
+        for g, w in zip(grads_got, grads_want, strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+
+    def test_model_logits_unchanged(self):
+        import torch
+
+        model = _tiny_llama()
+        ids = torch.randint(1, 97, (2, 20))
+        with torch.no_grad():
+            want = model(input_ids=ids).logits
+            with fastpath.fast_attention(model) as on:
+                got = model(input_ids=ids).logits
+        assert on and model.config._attn_implementation == "sdpa"  # restored
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+    def test_masked_batches_fall_back_to_sdpa(self):
+        import torch
+
+        model = _tiny_llama()
+        batch = _batch()
+        with torch.no_grad():
+            want = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            with fastpath.fast_attention(model):
+                got = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        torch.testing.assert_close(got, want)
+
+
+class TestSparseDropout:
+    @pytest.mark.parametrize("p", [0.05, 0.3])
+    def test_mask_distribution(self, p):
+        import torch
+
+        torch.manual_seed(0)
+        masks = torch.stack([fastpath.bernoulli_keep_mask((200, 500), p, torch.float32) for _ in range(10)])
+        dropped = masks == 0
+        assert masks.unique().tolist() == [0.0, pytest.approx(1 / (1 - p))]
+        n = dropped.numel()
+        assert abs(dropped.float().mean().item() - p) < 5 * (p * (1 - p) / n) ** 0.5
+        # independence of neighbours: P(drop | previous dropped) == p
+        prev, cur = dropped[..., :-1], dropped[..., 1:]
+        assert (prev & cur).sum().item() / prev.sum().item() == pytest.approx(p, abs=0.01)
+        # every position is hit: the mask is not stuck at the start of the tensor
+        assert dropped[:, -1].float().mean().item() == pytest.approx(p, abs=0.05)
+
+    def test_module_eval_is_identity_and_swap_is_undone(self):
+        import torch
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(_tiny_llama(), LoraConfig(r=2, lora_dropout=0.1, target_modules=["q_proj", "v_proj"]))
+        with fastpath.sparse_lora_dropout(model) as n:
+            assert n == 4
+            drop = model.base_model.model.model.layers[0].self_attn.q_proj.lora_dropout["default"]
+            assert type(drop).__name__ == "SparseDropout"
+            x = torch.ones(4, 1000)
+            drop.eval()
+            assert torch.equal(drop(x), x)
+            drop.train()
+            assert 0 < (drop(x) == 0).float().mean().item() < 0.3
+        assert (
+            type(model.base_model.model.model.layers[0].self_attn.q_proj.lora_dropout["default"]) is torch.nn.Dropout
+        )
+
+
+class TestBf16Weights:
+    def test_frozen_linears_cast_and_restored(self):
+        import torch
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(_tiny_llama(), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        ids = torch.randint(1, 97, (2, 10))
+        with torch.no_grad():
+            want = model(input_ids=ids).logits
+        with fastpath.bf16_frozen_linears(model) as n:
+            assert n == 2 * 7  # 7 projections per layer, 2 layers
+            dtypes = {n: p.dtype for n, p in model.named_parameters()}
+            assert dtypes["base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"] == torch.bfloat16
+            assert dtypes["base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight"] == torch.float32
+            assert dtypes["base_model.model.model.embed_tokens.weight"] == torch.float32
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+                got = model(input_ids=ids).logits
+        torch.testing.assert_close(got.float(), want, rtol=0.05, atol=0.05)
+        for name, p in model.named_parameters():
+            assert p.dtype == torch.float32 and torch.equal(p, before[name])
+
+
+class TestTraining:
+    def test_train_restores_the_model_and_lowers_the_loss(self, tmp_path):
+        import torch
+        from datasets import Dataset
+        from peft import LoraConfig, get_peft_model
+
+        from alpacare.fastpath import FastTrainer
+
+        model = get_peft_model(_tiny_llama(), LoraConfig(r=4, lora_dropout=0.05, target_modules=["q_proj", "v_proj"]))
+        rows = []
+        for i in range(8):
+            ids = [5 + (i + j) % 7 for j in range(10 + i)]
+            rows.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [-100] * 4 + ids[4:]})
+        data = Dataset.from_list(rows)
+
+        from transformers import default_data_collator
+
+        def collate(features):
+            longest = max(len(f["input_ids"]) for f in features)
+            padded = [
+                {
+                    "input_ids": f["input_ids"] + [0] * (longest - len(f["input_ids"])),
+                    "attention_mask": f["attention_mask"] + [0] * (longest - len(f["input_ids"])),
+                    "labels": f["labels"] + [-100] * (longest - len(f["input_ids"])),
+                }
+                for f in features
+            ]
+            return default_data_collator(padded)
+
+        args = _args(tmp_path, per_device_train_batch_size=4, num_train_epochs=8, learning_rate=5e-2,
+                     bf16=True, eval_strategy="no", save_strategy="no", disable_tqdm=True)  # fmt: skip
+        trainer = FastTrainer(model=model, args=args, train_dataset=data, eval_dataset=data, data_collator=collate)
+        before = trainer.evaluate()["eval_loss"]
+        trainer.train()
+        after = trainer.evaluate()["eval_loss"]
+        assert after < before
+        assert model.base_model.model.config._attn_implementation == "sdpa"
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        assert (
+            type(model.base_model.model.model.layers[0].self_attn.q_proj.lora_dropout["default"]) is torch.nn.Dropout
+        )
