@@ -81,7 +81,7 @@ EVAL_ROWS: tuple[tuple[str, str, str], ...] = (
 )
 EVAL_SECTIONS: tuple[tuple[str, str], ...] = (
     ("test_split", "Held-out test split (manifest.json)"),
-    ("medinstruct_test", "MedInstruct-test (216 clinician-written tasks, GPT-4 references)"),
+    ("medinstruct_test", "MedInstruct-test (clinician-written tasks, GPT-4 references)"),
 )
 # peft's adapter_config.json keys worth showing, in reading order.
 LORA_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use_rslora", "use_dora", "task_type")
@@ -160,6 +160,13 @@ def summarize_loss_log(path: str | Path) -> dict[str, Any]:
 def dataset_id(source: str | None) -> str | None:
     """The Hub dataset id of a manifest ``source``, or None when the source was a local file."""
     return None if Path(str(source or "")).suffix in {".json", ".jsonl", ".csv", ".parquet"} else as_hub_id(source)
+
+
+def is_offline_sample(source: str | None) -> bool:
+    """True when the run trained on the project's own offline sample (``alpacare/sample_data``)."""
+    from alpacare.data import SAMPLE_ALIASES, SAMPLE_PATH
+
+    return bool(source) and (str(source).strip() in SAMPLE_ALIASES or Path(str(source)).name == SAMPLE_PATH.name)
 
 
 def base_model_citation(hub_id: str | None) -> str | None:
@@ -361,6 +368,7 @@ def render_model_card(
         "dataset_hub_id": DATASET_ID,
         "data_id": data_id,
         "source_label": data_id or (Path(str(source)).name if source else "unknown"),
+        "is_sample": is_offline_sample(source),
         "license": license,
         "preset": manifest.get("preset") or train_config.get("preset") or train_config.get("split_preset"),
         "seed": manifest.get("seed", train_config.get("seed")),
@@ -372,7 +380,12 @@ def render_model_card(
         "safety_filter_counts": [
             [humanize(k), format_value(v)] for k, v in (safety_filter.get("counts") or {}).items()
         ],
-        "lora_rows": [[k, format_value(adapter_config[k])] for k in LORA_KEYS if k in adapter_config],
+        # peft stores target_modules as a set: sorted, so the same adapter always renders the same card.
+        "lora_rows": [
+            [k, format_value(sorted(v) if isinstance(v := adapter_config[k], list) else v)]
+            for k in LORA_KEYS
+            if k in adapter_config
+        ],
         "config_rows": [[str(k), format_value(v)] for k, v in train_config.items()],
         "loss": loss_summary,
         "eval": eval_table(eval_results),

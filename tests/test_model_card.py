@@ -116,6 +116,12 @@ class TestMetadata:
         assert "a local file in the MedInstruct-52k schema (`sample.jsonl`)" in card
         assert "/work/main" not in card
 
+    @pytest.mark.parametrize("source", ["sample", "/work/main/alpacare/sample_data/medinstruct_sample.jsonl"])
+    def test_offline_sample_is_named_as_such(self, fields, source):
+        card = render(fields, manifest={**fields["manifest"], "source": source})
+        assert ModelCard(card).data.datasets is None
+        assert "the project's own offline sample" in card
+
 
 class TestSections:
     @pytest.mark.parametrize("heading", SECTIONS)
@@ -140,7 +146,7 @@ class TestSections:
         procedure = render(fields).split("## Training procedure")[1].split("## Evaluation")[0]
         assert "| `r` | 4 |" in procedure and "| `lora_alpha` | 8 |" in procedure  # adapter_config.json
         assert "| `learning_rate` | 0.0002 |" in procedure and "| `max_length` | 512 |" in procedure
-        assert "| `target_modules` | q_proj, v_proj |" in procedure
+        assert procedure.count("| `target_modules` | q_proj, v_proj |") == 2  # adapter_config (sorted) + config
         assert "last step 3" in procedure and "best eval loss 2.6" in procedure
 
     def test_evaluation_table(self, fields):
