@@ -906,6 +906,22 @@ def start_review_sync(settings: Settings, store: ReviewStore) -> threading.Threa
     return thread
 
 
+def warm_up_safety_checker() -> threading.Thread:
+    """Load the safety checker's encoder in the background (while the model loads), not on the first reply."""
+
+    def run() -> None:
+        try:
+            from alpacare import safety
+
+            safety.check("This sentence warms up the safety checker.")
+        except Exception:  # the first reply will load it (or report the error) instead
+            log.exception("Safety checker warm-up failed")
+
+    thread = threading.Thread(target=run, name="safety-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
 def launch(demo: gr.Blocks, settings: Settings, **kwargs: Any) -> Any:
     """``demo.launch`` with the settings' host/port, reviewer logins and theme (Gradio 6: theme goes here)."""
     users = load_reviewers(settings.reviewers_file, settings.reviewers_inline)
@@ -929,6 +945,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = parse_args(argv)
     redact_secrets_in_logs(settings.token)
+    warm_up_safety_checker()
     models = ModelProvider.from_settings(settings)
     models.get()  # load before serving, so the first visitor does not wait and a bad adapter fails now
     store = ReviewStore(settings.data_dir, settings.replica_id)
