@@ -91,6 +91,9 @@ def resolve_adapter(adapter: str | None, revision: str | None = None, token: str
         return None
     if Path(adapter).expanduser().is_dir():
         return str(Path(adapter).expanduser())
+    if adapter.startswith(("/", ".", "~")) or adapter.count("/") > 1:
+        # Looks like a path, not a Hub repo id: a clear error beats a confusing Hub 404.
+        raise FileNotFoundError(f"Adapter folder not found: {adapter}")
     from huggingface_hub import snapshot_download
 
     return snapshot_download(repo_id=adapter, revision=revision, token=token or os.environ.get("HF_TOKEN"))
