@@ -27,7 +27,8 @@ Review
 - `--reviewers-file` / `ALPACARE_REVIEWERS_FILE` (none) and `ALPACARE_REVIEWERS` (inline, added to the file's):
   reviewer logins (format below). When set, Gradio's login page guards the whole app.
 - `--oauth` / `--no-oauth` / `ALPACARE_OAUTH` (on inside a Space with `hf_oauth: true`): "Sign in with Hugging
-  Face" (`gr.LoginButton`); `ALPACARE_OAUTH_ALLOWLIST` (comma-separated HF usernames) limits who may review.
+  Face" (`gr.LoginButton`, needs `gradio[oauth]`; outside a Space Gradio mocks it with your local `hf auth login`);
+  `ALPACARE_OAUTH_ALLOWLIST` (comma-separated HF usernames) limits who may review.
 - `--review-pool` / `ALPACARE_REVIEW_POOL` (`data/review_pool.jsonl` if present): the items to rate, a JSONL
   written by `python -m alpacare.generate` (`id, prompt, reply, blocked, categories, model`).
 - `--min-ratings` / `ALPACARE_MIN_RATINGS` (3): k, every item gets k ratings before any item gets more.

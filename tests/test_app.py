@@ -359,6 +359,43 @@ class TestSettings:
         assert not (tmp_path / "reviews").exists()
 
 
+class TestSecrets:
+    def test_log_records_never_carry_the_token(self, caplog):
+        import logging
+
+        factory = logging.getLogRecordFactory()
+        try:
+            app.redact_secrets_in_logs("hf_TopSecretValue42", None)
+            with caplog.at_level(logging.INFO):
+                logging.getLogger("huggingface_hub.test").warning("push failed for %s", "Bearer hf_TopSecretValue42")
+                logging.getLogger("any.library").error("401 with token=hf_TopSecretValue42 in the URL")
+        finally:
+            logging.setLogRecordFactory(factory)
+        assert "hf_TopSecretValue42" not in caplog.text and caplog.text.count("[REDACTED]") == 2
+
+
+class TestOAuth:
+    def test_space_login_button_and_profile_identity(self, tmp_path: Path, monkeypatch):
+        """As inside a Space with ``hf_oauth: true`` (the platform sets these; nothing is contacted here)."""
+        import gradio.oauth
+
+        monkeypatch.setattr(gradio.oauth, "get_space", lambda: "org/alpacare-review")
+        for name, value in {
+            "OAUTH_CLIENT_ID": "client-id",
+            "OAUTH_CLIENT_SECRET": "client-secret",
+            "OAUTH_SCOPES": "openid profile",
+            "OPENID_PROVIDER_URL": "https://huggingface.co",
+        }.items():
+            monkeypatch.setattr(gradio.oauth, name, value)
+        demo = app.build_demo(FAKE_MODEL, make_settings(tmp_path, oauth=True), pool=make_pool(2))
+        assert any(isinstance(b, gr.LoginButton) for b in demo.blocks.values())
+        info = {"preferred_username": "drbob", "name": "Bob", "sub": "1", "profile": "", "picture": ""}
+        h = demo.handlers
+        out = h.review_load(request(None), gr.OAuthProfile(info))
+        assert "Signed in as **hf:drbob**" in out[0] and out[1]["visible"]
+        assert "Sign in with Hugging Face" in h.review_load(request(None), None)[0]
+
+
 # ------------------------------------------------------------------------------------------- launched app
 
 
@@ -485,6 +522,34 @@ class TestLaunchedApp:
         assert len(rows) == len(raw) == before + 50 * per_reviewer  # every line valid, nothing lost or doubled
         assert len({(r["reviewer"], r["item_id"]) for r in rows}) == len(rows)
         print(f"\napp: 50 gradio_client reviewers x {per_reviewer} = {50 * per_reviewer} rows in {elapsed:.1f} s")
+
+
+class TestQueue:
+    def test_busy_model_degrades_into_waiting_not_failure(self, tmp_path: Path):
+        """8 simultaneous /generate calls on an app allowing 2 generations at once: all answered, never > 2."""
+        from gradio_client import Client
+
+        running, peak, lock = [0], [0], threading.Lock()
+
+        def slow_generate(model, tokenizer, prompt, **kwargs):
+            with lock:
+                running[0] += 1
+                peak[0] = max(peak[0], running[0])
+            time.sleep(0.5)
+            with lock:
+                running[0] -= 1
+            return SimpleNamespace(reply=f"Reply to {prompt} {DISCLAIMER}", blocked=False, categories=[])
+
+        settings = make_settings(tmp_path, concurrency=2)
+        demo = app.build_demo(FAKE_MODEL, settings, pool=[], generate_fn=slow_generate)
+        _, url, _ = app.launch(demo, settings, prevent_thread_lock=True, quiet=True)
+        try:
+            clients = [Client(url, verbose=False) for _ in range(8)]
+            jobs = [c.submit(f"Question {n}?", api_name="/generate") for n, c in enumerate(clients)]
+            replies = [job.result(timeout=120)["reply"] for job in jobs]
+        finally:
+            demo.close()
+        assert [r.split(" ")[2] for r in replies] == [f"{n}?" for n in range(8)] and peak[0] == 2
 
 
 # ------------------------------------------------------------------------------------------ python app.py
