@@ -324,7 +324,7 @@ class Handlers:
         self._generate_fn = generate_fn
         self._stop_events: dict[str, threading.Event] = {}
         self._stop_lock = threading.Lock()
-        self._export_dir = Path(tempfile.mkdtemp(prefix="alpacare-export-"))
+        self._export_dir: Path | None = None  # a temporary folder for CSV exports, made on first use
 
     # -- generation ------------------------------------------------------------------------------------------
 
@@ -622,6 +622,7 @@ class Handlers:
         csv_path = None
         if report["n_ratings"]:
             stamp = time.strftime("%Y%m%d-%H%M%S")
+            self._export_dir = self._export_dir or Path(tempfile.mkdtemp(prefix="alpacare-export-"))
             csv_path = str(write_csv(self.desk.store.ratings(), self._export_dir / f"ratings-{stamp}.csv"))
         return report_markdown(report), plot_distributions(report), csv_path, report
 
