@@ -355,7 +355,11 @@ _PERSONAL_PROMPT = [
     _rx(
         r"\b(?:my|me|mine|myself|we|our|us)\b|\b(?:hello|hi|dear)\s+(?:doctor|dr)\b|\bpatient\b|\bcase\b|"
         r"\byears?[- ]old\b|\by/?o\b|\b(?:he|she)\s+(?:has|is|had|was|keeps|gets|feels)\b|\bhis\b|\bher\b|"
-        r"\bdiagnos\w*\s+(?:this|the|my)\b|\bwhat\s+(?:is|could\s+be)\s+(?:wrong|going\s+on|the\s+cause)\b"
+        r"\bdiagnos\w*\s+(?:this|the|my)\b|\bwhat\s+(?:is|could\s+be)\s+(?:wrong|going\s+on|the\s+cause)\b|"
+        r"\b(?:relative|friend|co-?worker|colleague|neighbou?r|person|man|woman|child|boy|girl|baby|toddler|infant|"
+        r"sister|brother|mother|father|wife|husband|partner|son|daughter)\s+(?:who\s+)?(?:complains?|presents?|"
+        r"reports?|has|had|is|keeps|feels|gets|with|walks)\b|\byou\s+(?:have|are|feel|notice|wake|get|got|had)\b|"
+        r"\byour\s+(?:leg|arm|skin|eye|head|back|chest|child|son|daughter)\b"
     ),
 ]
 _PERSONAL_REPLY = _rx(
@@ -435,12 +439,41 @@ def embed(sentences: Sequence[str]) -> Any:
     return vectors.astype(np.float32)
 
 
-def features(sentences: Sequence[str], personal: Sequence[bool]) -> Any:
-    """Classifier inputs: embedding ++ cue features, shape ``(n, 384 + 6)``."""
+_TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+
+
+def ngrams(sentence: str, n: int = 3) -> set[str]:
+    """Word 1..n-grams of the lower-cased sentence (the lexical half of the classifier's input)."""
+    tokens = _TOKEN.findall(sentence.lower().replace("’", "'"))
+    return {" ".join(tokens[i : i + k]) for k in range(1, n + 1) for i in range(len(tokens) - k + 1)}
+
+
+def ngram_matrix(sentences: Sequence[str], vocabulary: Sequence[str]) -> Any:
+    """Binary n-gram presence over ``vocabulary``, each row L2-normalized, shape ``(n, len(vocabulary))``.
+
+    Hand-written rather than sklearn's ``CountVectorizer`` so that inference needs no pickle: the vocabulary ships
+    as a plain string array in the head file.
+    """
+    import numpy as np
+
+    index = {gram: i for i, gram in enumerate(vocabulary)}
+    matrix = np.zeros((len(sentences), len(vocabulary)), dtype=np.float32)
+    for row, sentence in enumerate(sentences):
+        hits = [index[g] for g in ngrams(sentence) if g in index]
+        if hits:
+            matrix[row, hits] = 1.0 / np.sqrt(len(hits))
+    return matrix
+
+
+def features(sentences: Sequence[str], personal: Sequence[bool], vocabulary: Sequence[str] = ()) -> Any:
+    """Classifier inputs: embedding ++ cue features ++ n-grams, shape ``(n, 384 + 6 + len(vocabulary))``."""
     import numpy as np
 
     cues = np.array([cue_features(s, p) for s, p in zip(sentences, personal, strict=True)], dtype=np.float32)
-    return np.hstack([embed(sentences), cues.reshape(len(sentences), -1)])
+    parts = [embed(sentences), cues.reshape(len(sentences), -1)]
+    if len(vocabulary):
+        parts.append(ngram_matrix(sentences, vocabulary))
+    return np.hstack(parts)
 
 
 def load_head(path: Path = HEAD_PATH) -> dict[str, Any] | None:
@@ -468,7 +501,7 @@ def classify(sentences: Sequence[str], personal: Sequence[bool]) -> Any:
     head = load_head()
     if head is None or not sentences:
         return np.zeros((len(sentences), len(CLASSIFIER_CATEGORIES)), dtype=np.float32)
-    logits = features(sentences, personal) @ head["weights"].T + head["bias"]
+    logits = features(sentences, personal, head.get("vocabulary", ())) @ head["weights"].T + head["bias"]
     return 1.0 / (1.0 + np.exp(-logits))
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from alpacare.safety import CLASSIFIER_CATEGORIES as CATEGORIES
-from alpacare.safety import HEAD_PATH, features, personal_context
+from alpacare.safety import HEAD_PATH, features, ngrams, personal_context
 
 DATA_DIR = Path(__file__).with_name("safety_data")
 WRITTEN_FILES = ("diagnosis", "prescription", "dosage", "decision_rule", "safe", "context")
@@ -105,10 +105,18 @@ def referenced_examples(shared: Path, data_dir: Path = DATA_DIR) -> list[Example
     return out
 
 
-def design_matrix(examples: list[Example]) -> Any:
+def build_vocabulary(examples: list[Example], min_count: int = 3) -> list[str]:
+    """N-grams seen in at least ``min_count`` training sentences, sorted."""
+    from collections import Counter
+
+    counts = Counter(gram for e in examples for gram in ngrams(e.text))
+    return sorted(gram for gram, n in counts.items() if n >= min_count)
+
+
+def design_matrix(examples: list[Example], vocabulary: list[str]) -> Any:
     """Features for every example, shape ``(n, d)`` (one encoder pass)."""
     personal = [personal_context(e.prompt, e.extra.get("answer", e.text)) for e in examples]
-    return features([e.text for e in examples], personal)
+    return features([e.text for e in examples], personal, vocabulary)
 
 
 def targets(examples: list[Example]) -> Any:
@@ -168,11 +176,14 @@ def choose_thresholds(probs: Any, clean: Any, max_fpr: float = 0.01) -> list[flo
     return thresholds
 
 
-def fit_head(examples: list[Example], c: float = 1.0, max_fpr: float = 0.01, seed: int = 0) -> dict[str, Any]:
+def fit_head(
+    examples: list[Example], c: float = 1.0, max_fpr: float = 0.01, seed: int = 0, min_count: int = 3
+) -> dict[str, Any]:
     """Fit the heads, choose thresholds out of fold, fold them into the biases; return the head arrays."""
     import numpy as np
 
-    x, y = design_matrix(examples), targets(examples)
+    vocabulary = build_vocabulary(examples, min_count) if min_count else []
+    x, y = design_matrix(examples, vocabulary), targets(examples)
     probs = out_of_fold(examples, x, y, c, seed=seed)
     clean = np.array([not e.labels for e in examples])  # sentences that violate nothing at all
     thresholds = choose_thresholds(probs, clean, max_fpr)
@@ -187,6 +198,7 @@ def fit_head(examples: list[Example], c: float = 1.0, max_fpr: float = 0.01, see
         "weights": np.array(weights, dtype=np.float32),
         "bias": np.array(biases, dtype=np.float32),
         "categories": np.array(CATEGORIES),
+        "vocabulary": np.array(vocabulary, dtype=str),
         "thresholds": np.array(thresholds, dtype=np.float32),
         "oof_probs": probs,
         "y": y,
@@ -198,6 +210,6 @@ def save_head(head: dict[str, Any], path: Path = HEAD_PATH) -> Path:
     """Write the inference arrays (weights, bias, categories, thresholds) as a compressed npz."""
     import numpy as np
 
-    keep = {k: head[k] for k in ("weights", "bias", "categories", "thresholds")}
+    keep = {k: head[k] for k in ("weights", "bias", "categories", "vocabulary", "thresholds")}
     np.savez_compressed(path, **keep)
     return path
