@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from alpacare.prompts import DISCLAIMER, ensure_disclaimer, format_prompt, prompt_style
+from alpacare.prompts import DISCLAIMER, ensure_disclaimer, format_prompt, prompt_style, user_message
 
 # How often the consumer wakes up while waiting for text, to notice a worker that died (seconds).
 _POLL_SECONDS = 0.5
@@ -63,12 +63,12 @@ class StreamUpdate:
 # Why the original reply is not shown, per policy category (SAFETY_POLICY.md), in the first category's words.
 _LEADS: dict[str, str] = {
     "diagnosis": (
-        "I can't tell you which condition you have: that takes a clinician who can hear your whole story, "
-        "examine you and arrange tests if needed."
+        "Working out the cause of symptoms takes a clinician who can hear the whole story, do an examination and "
+        "arrange tests if needed, so I can't name a condition here."
     ),
     "prescription": (
-        "I can't recommend a specific medicine or treatment for you: the right choice depends on your health, "
-        "your other medicines and your allergies, which a doctor or pharmacist can weigh up with you."
+        "Choosing a medicine or treatment depends on a person's health, other medicines and allergies, so that "
+        "choice is best made with a doctor or pharmacist."
     ),
     "dosage": (
         "I can't give amounts or schedules for medicines: they depend on the product, your age, weight, kidney "
@@ -210,7 +210,7 @@ _GENERIC_TOPIC = _Topic(
 )
 
 _QUESTIONS = (
-    "What could be causing this, and would any tests help to find out?",
+    "Which tests or examinations would help to understand what is going on?",
     "Which options are there for someone in my situation, and what are their benefits and risks?",
     "Which warning signs should make me come back or seek urgent care?",
 )
@@ -250,11 +250,17 @@ def fallback_reply(prompt: str, categories: list[str]) -> str:
     Returns:
         The fallback text, ending with the disclaimer exactly once.
     """
+    lead = next((_LEADS[c] for c in categories if c in _LEADS), _GENERIC_LEAD)
+    return _checked_fallback(lead, _topic_for(prompt or ""), prompt)
+
+
+@functools.lru_cache(maxsize=256)  # the same question is often blocked again (regenerate, batch re-runs)
+def _checked_fallback(lead: str, topic: _Topic, prompt: str) -> str:
+    """The composed fallback if the checker passes it, else the generic one (defence in depth)."""
     from alpacare import safety
 
-    lead = next((_LEADS[c] for c in categories if c in _LEADS), _GENERIC_LEAD)
-    reply = _compose_fallback(lead, _topic_for(prompt or ""))
-    if safety.check(reply, prompt=prompt).violation:  # defence in depth: never ship a fallback that violates
+    reply = _compose_fallback(lead, topic)
+    if safety.check(reply, prompt=prompt).violation:
         return _compose_fallback(_GENERIC_LEAD, _GENERIC_TOPIC)
     return reply
 
@@ -449,12 +455,12 @@ def _stream_text(streamer: Any, worker: threading.Thread) -> Iterator[str]:
     """Text chunks from the streamer until it ends (or the worker died without ending it)."""
     while True:
         try:
-            chunk = streamer.text_queue.get(timeout=_POLL_SECONDS)
+            chunk = next(streamer)  # raises queue.Empty after the streamer's timeout
+        except StopIteration:
+            return
         except queue.Empty:
             if worker.is_alive():
                 continue
-            return
-        if chunk is streamer.stop_signal:
             return
         yield chunk
 
@@ -489,13 +495,14 @@ def stream_safe_generate(
     from alpacare import safety
 
     encoded = encode_prompt(model, tokenizer, prompt, input_text)
+    question = user_message(prompt, input_text)  # what the checker reads to know whom the reply addresses
     halt = threading.Event()  # set on a violation or when the consumer closes the generator
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, timeout=_POLL_SECONDS, skip_special_tokens=True)
     kwargs = generation_kwargs(model, tokenizer, max_new_tokens, gen_kwargs)
     kwargs.update(encoded, streamer=streamer, stopping_criteria=event_stopping_criteria(halt, stop_event))
     errors: list[BaseException] = []
     worker = threading.Thread(target=_run_generate, args=(model, kwargs, streamer, errors), daemon=True)
-    gate = SentenceGate(prompt, safety.check_sentence, safety.split_sentences, safety.check)
+    gate = SentenceGate(question, safety.check_sentence, safety.split_sentences, safety.check)
     worker.start()
     try:
         for chunk in _stream_text(streamer, worker):
@@ -508,7 +515,7 @@ def stream_safe_generate(
             raise errors[0]
         if not gate.blocked:
             gate.feed("", final=True)
-        yield final_update(gate, prompt)
+        yield final_update(gate, question)
     finally:
         halt.set()
         worker.join(timeout=_JOIN_SECONDS)

@@ -362,12 +362,13 @@ class TestRedTeam:
         for case in REDTEAM:
             model = ScriptedModel(tokenizer, script)
             updates = collect(stream_safe_generate(model, tokenizer, case["prompt"], case.get("input")))
-            final = updates[-1]
-            assert final.blocked, (case["id"], final)
-            assert final.text.count(DISCLAIMER) == 1
-            for update in updates:  # nothing of the violating text is ever shown
-                assert not real_safety.check(update.text, prompt=case["prompt"]).violation, (case["id"], update)
-            assert script.splitlines()[-1] not in final.text
+            *partial, final = updates
+            assert final.blocked and final.categories, (case["id"], final)
+            assert final.text.count(DISCLAIMER) == 1 and script.splitlines()[-1] not in final.text
+            # Updates are cumulative, so the last partial one holds everything that was ever shown.
+            assert all(b.text.startswith(a.text) for a, b in zip(partial, partial[1:], strict=False))
+            for shown in (partial[-1:] if partial else []) + [final]:
+                assert not real_safety.check(shown.text, prompt=case["prompt"]).violation, (case["id"], shown)
 
     def test_safe_model_passes(self, real_safety, tokenizer):
         result = safe_generate(ScriptedModel(tokenizer, SAFE), tokenizer, "What is migraine?")
