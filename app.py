@@ -357,13 +357,14 @@ class Handlers:
         """
         history = [dict(m) for m in history or []]
 
-        def reply(text: str, shown_message: str = message) -> list[dict[str, Any]]:
+        def reply(text: str, shown_message: str | None = message) -> list[dict[str, Any]]:
             # A new list per update: consumers may keep every yielded history (gradio_client's outputs()).
-            return [*history, {"role": "user", "content": shown_message}, {"role": "assistant", "content": text}]
+            asked = [{"role": "user", "content": shown_message}] if shown_message else []
+            return [*history, *asked, {"role": "assistant", "content": text}]
 
         problem = check_message(message, self.settings.max_input_chars)
         if problem:
-            shown = _preview(message) if isinstance(message, str) and message.strip() else "…"
+            shown = _preview(message) if isinstance(message, str) and message.strip() else None
             yield reply(f"**Not sent:** {problem}", shown), "", problem
             return
         yield reply("…"), "", "Generating…"
@@ -720,6 +721,7 @@ def build_demo(
             with gr.Tab("Chat", id="chat"):
                 chatbot = gr.Chatbot(
                     label="AlpaCare",
+                    show_label=False,  # the label badge would cover the top of a scrolled reply
                     height=420,
                     placeholder="Ask a general health question. The assistant will not diagnose, prescribe or dose.",
                     elem_id="chatbot",
