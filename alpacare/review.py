@@ -10,9 +10,10 @@ never overwrites another replica's rows. Each row is one ``write()`` of a full l
 ``fcntl`` file lock, then ``fsync``; readers skip a torn last line (a process killed mid-write loses at most
 the row in flight), and the next append starts on a fresh line.
 
-Report from the command line::
+Report from the command line, and a password hash for the reviewers file (``app.py`` reads it)::
 
     python -m alpacare.review report --data data/reviews --json review_report.json --csv ratings.csv --plot scores.png
+    python -m alpacare.review hash-password     # prompts; prints pbkdf2_sha256$... for a `username:hash` line
 """
 
 from __future__ import annotations
