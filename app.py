@@ -911,7 +911,7 @@ def start_review_sync(settings: Settings, store: ReviewStore) -> threading.Threa
 
 
 def warm_up_safety_checker() -> threading.Thread:
-    """Load the safety checker's encoder in the background (while the model loads), not on the first reply."""
+    """Load the safety checker's encoder in the background, so the first reply does not wait for it."""
 
     def run() -> None:
         try:
@@ -949,14 +949,16 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = parse_args(argv)
     redact_secrets_in_logs(settings.token)
-    warm_up_safety_checker()
     models = ModelProvider.from_settings(settings)
     models.get()  # load before serving, so the first visitor does not wait and a bad adapter fails now
     store = ReviewStore(settings.data_dir, settings.replica_id)
     app = build_demo(models, settings, store=store)
     start_review_sync(settings, store)
     log.info("Review data: %s (replica %s)", store.data_dir, store.replica_id)
-    launch(app, settings)
+    launch(app, settings, prevent_thread_lock=True)
+    # After the server is up, not before: on 2 cores loading the checker alongside the model delays start-up.
+    warm_up_safety_checker()
+    app.block_thread()
 
 
 # Module-level app for `gradio app.py` and imports: built from the environment, the model loads on first use.
