@@ -79,4 +79,4 @@ def smollm2(smollm2_path: Path):
     """The real SmolLM2-135M-Instruct as a ``LoadedModel`` (for the few end-to-end tests)."""
     from alpacare.modeling import load_model
 
-    return load_model(str(smollm2_path))
+    return load_model()  # the embedded default, labelled as such (its cache is ``smollm2_path``)
