@@ -31,6 +31,8 @@ from alpacare.prompts import DISCLAIMER, ensure_disclaimer, format_prompt, promp
 _POLL_SECONDS = 0.5
 # Upper bound on waiting for the worker after a stop: one forward step of a small model takes ~50 ms on CPU.
 _JOIN_SECONDS = 30.0
+# Repeated sentences dropped before generation is stopped as a loop ("I'm so sorry to hear that." x 20).
+_MAX_REPEATS = 2
 
 
 @dataclass
@@ -129,7 +131,7 @@ _TOPICS: tuple[_Topic, ...] = (
     ),
     _Topic(
         "mental health",
-        r"suicid\w*|self[- ]harm|depress\w*|anxi\w*|panic|mental|stress\w*|insomnia|sleep\w*",
+        r"suicid\w*|self[- ]harm|depress\w*|anxi\w*|panic|mental|stress\w*|insomnia|sleepless\w*",
         "Mood, anxiety and sleep problems are common and treatable, and talking to someone is a good first step.",
         "If you are thinking about harming yourself or are in danger, call your local emergency number or a "
         "crisis line now, or go to the nearest emergency department.",
@@ -144,7 +146,8 @@ _TOPICS: tuple[_Topic, ...] = (
     ),
     _Topic(
         "children",
-        r"child\w*|baby|babies|infant\w*|toddler\w*|kids?|newborn\w*|son|daughter",
+        r"child\w*|baby|babies|infant\w*|toddler\w*|kids?|newborn\w*|son|daughter|"
+        r"(?:[1-9]|1[0-2])[- ]years?[- ]old|\d+[- ](?:weeks?|months?)[- ]old",
         "Children are not small adults: how illness shows and how medicines act change with age and weight.",
         "Seek urgent care for a child who is unusually drowsy or hard to wake, breathes fast or with effort, "
         "has a rash that does not fade under pressure, shows signs of dehydration, or is a young baby with fever.",
@@ -301,7 +304,8 @@ class SentenceGate:
     sentence is never judged on a prefix ("Take 5" before "00 mg"). Text between sentences (spaces, list markers)
     is checked together with the sentence after it. A table is held back and checked as one block once it ends:
     a row such as "| Ibuprofen | 400 |" is only a dose under its "Dose" header. Sentences of the disclaimer are
-    dropped: the final reply gets the disclaimer appended exactly once.
+    dropped: the final reply gets the disclaimer appended exactly once. A sentence that repeats an earlier one is
+    dropped too, and ``looping`` tells the caller to stop generating.
 
     Args:
         prompt: The user's request, passed to the checker (it says who the reply is addressed to).
@@ -326,6 +330,13 @@ class SentenceGate:
         self.shown = ""
         self.blocked = False
         self.categories: list[str] = []
+        self._seen: set[str] = set()
+        self.repeats = 0
+
+    @property
+    def looping(self) -> bool:
+        """True once the model repeats itself (greedy decoding of small models falls into loops)."""
+        return self.repeats >= _MAX_REPEATS
 
     def feed(self, chunk: str, final: bool = False) -> bool:
         """Add generated text; approve every complete sentence. Returns True when the shown text grew.
@@ -362,11 +373,16 @@ class SentenceGate:
         """Show ``piece`` if it passes ``check`` (disclaimer sentences are dropped); False on a violation."""
         if not piece.strip() or _is_disclaimer(piece):
             return True
+        words = _normalize_words(piece)
+        if words.count(" ") >= 2 and words in self._seen:  # a repeated sentence of 3+ words is a loop, not content
+            self.repeats += 1
+            return True
         verdict = check(piece.strip(), prompt=self.prompt)
         if verdict.violation:
             self.blocked, self.categories = True, list(verdict.categories)
             return False
         self.shown += piece
+        self._seen.add(words)
         return True
 
     @property
@@ -508,12 +524,12 @@ def stream_safe_generate(
         for chunk in _stream_text(streamer, worker):
             if gate.feed(chunk):
                 yield StreamUpdate(gate.text, done=False, blocked=False)
-            if gate.blocked:
-                halt.set()  # the violating sentence is never shown; stop spending CPU on the rest
+            if gate.blocked or gate.looping:
+                halt.set()  # a violating sentence is never shown; a loop adds nothing: stop spending CPU
                 break
         if errors:
             raise errors[0]
-        if not gate.blocked:
+        if not (gate.blocked or gate.looping):  # after a loop, the text still pending is more of the same
             gate.feed("", final=True)
         yield final_update(gate, question)
     finally:

@@ -187,6 +187,13 @@ class TestSentenceGate:
         assert blocks == ["| Name | Use |\n|---|---|\n| Rest | Sleep |"]
         assert gate.text.endswith("| Rest | Sleep |\nAsk a pharmacist.")
 
+    def test_repeated_sentences_are_dropped_and_flag_a_loop(self):
+        gate = self.gate(FakeChecker())
+        gate.feed("I am so sorry. Rest is good for you. Rest is good for you. Ok. Ok. ")
+        assert gate.text == "I am so sorry. Rest is good for you. Ok." and not gate.looping
+        gate.feed("Rest is good for you. Next")
+        assert gate.looping and gate.text == "I am so sorry. Rest is good for you. Ok. Ok."
+
     def test_drops_the_disclaimer_the_model_wrote(self):
         gate = self.gate(FakeChecker())
         gate.feed(f"Drink water. Disclaimer: {DISCLAIMER} Sleep well.", final=True)
@@ -233,6 +240,12 @@ class TestStreamMechanics:
         model = ScriptedModel(tokenizer, "One sentence. Two sentences.")
         final = collect(stream_safe_generate(model, tokenizer, "q"))[-1]
         assert final.blocked and final.categories == ["diagnosis"] and "Two sentences" not in final.text
+
+    def test_a_loop_stops_generation(self, tokenizer, fake_safety):
+        model = ScriptedModel(tokenizer, "Rest helps. " + "I am so sorry to hear that. " * 50)
+        result = safe_generate(model, tokenizer, "q", max_new_tokens=1000)
+        assert result.reply == f"Rest helps. I am so sorry to hear that.\n\n{DISCLAIMER}" and not result.blocked
+        assert model.generated < len(model.ids) // 5
 
     def test_updates_are_cumulative(self, tokenizer, fake_safety):
         model = ScriptedModel(tokenizer, "A. B. C. D. E.")
@@ -377,6 +390,7 @@ class TestFallback:
     def test_fallback_topics(self, fake_safety):
         assert "urine test" in fallback_reply("It burns when I pee", ["diagnosis"])
         assert "general guidance" in fallback_reply("Quelle est la réponse ?", [])
+        assert "not small adults" in fallback_reply("My 2-year-old has a fever and is very sleepy.", ["diagnosis"])
 
 
 class TestRedTeam:
