@@ -64,12 +64,11 @@ def written_examples(data_dir: Path = DATA_DIR, seed: int = 0) -> list[Example]:
     for name in WRITTEN_FILES:
         for i, row in enumerate(read_jsonl(data_dir / f"{name}.jsonl")):
             context = row.get("context", "any")
-            if context == "any":
-                choice = rng.random()
-                prompt = None if choice < 0.3 else rng.choice(pools["personal" if choice < 0.65 else "general"])
-            else:
-                prompt = rng.choice(pools[context])
-            out.append(Example(row["text"], prompt, list(row["labels"]), f"written:{name}", f"{name}:{i}"))
+            # A sentence whose label does not depend on context is shown after both kinds of question, so that
+            # the context alone never decides (education answering a personal question stays education).
+            for kind in ("personal", "general") if context == "any" else (context,):
+                prompt = rng.choice(pools[kind])
+                out.append(Example(row["text"], prompt, list(row["labels"]), f"written:{name}", f"{name}:{i}"))
     return out
 
 

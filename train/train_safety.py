@@ -24,8 +24,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data", help="shared data folder")
     parser.add_argument("--output", type=Path, default=HEAD_PATH, help="where to write the head (npz)")
-    parser.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the logistic regressions")
-    parser.add_argument("--max-fpr", type=float, default=0.01, help="out-of-fold sentence FPR per head")
+    parser.add_argument("--C", type=float, default=10.0, help="inverse L2 strength of the logistic regressions")
+    parser.add_argument("--max-fpr", type=float, default=0.02, help="out-of-fold sentence FPR per head")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
