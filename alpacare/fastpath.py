@@ -146,6 +146,82 @@ def _base_model(model: Any) -> Any:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+# ---------------------------------------------------------------------------------------- fused cross entropy
+
+# Model types whose logits are exactly ``lm_head(hidden)`` (no bias, no softcapping or logit scaling after it).
+PLAIN_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gpt_neo", "gpt2", "smollm3"})
+CE_CHUNK_ROWS = 256  # [256, 49152] logits: 25 MB in bf16, stays in cache far better than all rows at once
+
+
+@functools.cache
+def _fused_ce_function() -> type:
+    import torch
+
+    class FusedLinearCrossEntropy(torch.autograd.Function):
+        """Summed cross entropy of ``hidden @ weight.T`` against ``targets``, by row chunks, weight frozen.
+
+        The gradient w.r.t. ``hidden`` ((softmax - one_hot) @ weight) is computed chunk by chunk in the forward,
+        so the ``[N, V]`` logits, their fp32 copy, log-softmax and its gradient are never materialized (the
+        "fused linear cross entropy" of Liger-Kernel / Apple's cut-cross-entropy, in plain torch). The softmax
+        runs in fp32 inside torch's kernel on logits of the compute dtype, as HF does under autocast.
+        """
+
+        @staticmethod
+        def forward(ctx: Any, hidden: Any, weight: Any, targets: Any) -> Any:
+            grad = torch.empty_like(hidden)
+            loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            for start in range(0, hidden.shape[0], CE_CHUNK_ROWS):
+                rows = slice(start, start + CE_CHUNK_ROWS)
+                target = targets[rows]
+                index = torch.arange(target.numel(), device=hidden.device)
+                logits = hidden[rows] @ weight.t()  # [c, V]
+                probs = torch.softmax(logits, dim=-1)
+                p_target = probs[index, target].float()
+                if bool((p_target == 0).any()):  # underflow: exact log-softmax for this chunk (rare)
+                    nll = -torch.log_softmax(logits.float(), dim=-1)[index, target]
+                else:
+                    nll = -torch.log(p_target)
+                loss += nll.sum()
+                probs[index, target] -= 1  # d loss / d logits = softmax - one_hot
+                grad[rows] = probs @ weight
+            ctx.save_for_backward(grad)
+            return loss
+
+        @staticmethod
+        def backward(ctx: Any, grad_loss: Any) -> tuple[Any, None, None]:
+            (grad,) = ctx.saved_tensors
+            return grad * grad_loss.to(grad.dtype), None, None
+
+    return FusedLinearCrossEntropy
+
+
+def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``cross_entropy(hidden @ weight.T, targets, reduction="sum")`` for a frozen ``weight``, chunked.
+
+    Args:
+        hidden: ``[N, H]`` hidden states (any float dtype; the matmuls run in it, so cast first for bf16).
+        weight: ``[V, H]`` output embedding, same dtype as ``hidden``, not trained.
+        targets: ``[N]`` token ids.
+    """
+    import torch
+
+    with torch.autocast(hidden.device.type, enabled=False):
+        return _fused_ce_function().apply(hidden, weight.detach(), targets)
+
+
+def plain_head(model: Any) -> bool:
+    """True when the model's logits are exactly ``lm_head(hidden)`` with a frozen, bias-free ``lm_head``."""
+    base = _base_model(model)
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    model_type = getattr(getattr(base, "config", None), "model_type", None)
+    return (
+        head is not None
+        and model_type in PLAIN_HEAD_MODEL_TYPES
+        and getattr(head, "bias", None) is None
+        and not head.weight.requires_grad
+    )
+
+
 # --------------------------------------------------------------------------------------------------- attention
 
 
@@ -335,28 +411,21 @@ def sparse_lora_dropout(model: Any) -> Iterator[int]:
 
 
 @contextlib.contextmanager
-def bf16_frozen_linears(model: Any) -> Iterator[int]:
-    """Store frozen fp32 ``nn.Linear`` weights in bf16 while inside (for bf16 autocast); yields how many.
+def bf16_frozen_weights(model: Any) -> Iterator[int]:
+    """Store the frozen fp32 weights in bf16 while inside (for bf16 autocast); yields how many tensors.
 
     Under CPU autocast a frozen weight is cast to bf16 again on every forward (autocast caches casts only for
-    leaves that require grad). Storing it in bf16 gives the same GEMMs without the casts. Embeddings (and the
-    ``lm_head`` tied to them) and norms stay fp32, so the residual stream is fp32 exactly as under autocast.
-    peft's cast of the LoRA input to its fp32 weight dtype is switched off (autocast casts it back anyway).
+    leaves that require grad), and every activation is cast again at every matmul. With the frozen base in bf16
+    (the trained LoRA weights stay fp32, as their optimizer needs) the GEMMs are the same and the casts are gone;
+    the residual stream is then bf16 as in any bf16 model (norms still compute in fp32 inside). peft's cast of
+    the LoRA input to the fp32 LoRA dtype is switched off (autocast casts it back anyway).
     """
     import torch
 
-    base = _base_model(model)
-    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-    skip = {id(head.weight)} if head is not None else set()
-    originals: list[tuple[Any, Any]] = []
-    for module in model.modules():
-        if type(module) is not torch.nn.Linear:
-            continue
-        weight = module.weight
-        if weight.requires_grad or weight.dtype != torch.float32 or id(weight) in skip:
-            continue
-        originals.append((weight, weight.data))
-        weight.data = weight.data.to(torch.bfloat16)
+    # Parameters only (tied ones come once): buffers such as rotary ``inv_freq`` stay fp32 for exact angles.
+    originals = [(p, p.data) for p in model.parameters() if not p.requires_grad and p.dtype == torch.float32]
+    for tensor, data in originals:
+        tensor.data = data.to(torch.bfloat16)
     casting = [m for m in model.modules() if hasattr(m, "cast_input_dtype_enabled")]
     flags = [m.cast_input_dtype_enabled for m in casting]
     for m in casting:
@@ -364,10 +433,70 @@ def bf16_frozen_linears(model: Any) -> Iterator[int]:
     try:
         yield len(originals)
     finally:
-        for weight, data in originals:
-            weight.data = data
+        for tensor, data in originals:
+            tensor.data = data
         for m, flag in zip(casting, flags, strict=True):
             m.cast_input_dtype_enabled = flag
+
+
+def _fused_lora_forward(layer: Any, original: Any) -> Any:
+    """A forward for a peft LoRA ``Linear``: ``base(x) + scaling · B(A(dropout(x)))`` as one ``addmm``.
+
+    peft computes the LoRA branch as ``result + lora_B(lora_A(dropout(x))) * scaling``: a multiply and an add
+    over the full ``[tokens, out_features]`` output, and one more multiply in the backward, for each adapted
+    layer. ``addmm(result, h, B.T, alpha=scaling)`` folds both into the GEMM. Anything unusual (several
+    adapters, merged or disabled adapters, DoRA and other variants, extra arguments, mixed dtypes without
+    autocast) goes through peft's own forward.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        adapters = layer.active_adapters
+        if args or kwargs or layer.disable_adapters or layer.merged or len(adapters) != 1:
+            return original(x, *args, **kwargs)
+        name = adapters[0]
+        if name not in layer.lora_A or name in getattr(layer, "lora_variant", {}):
+            return original(x, *args, **kwargs)
+        lora_a, lora_b = layer.lora_A[name], layer.lora_B[name]
+        autocast = torch.is_autocast_enabled(x.device.type)
+        if lora_b.bias is not None or (not autocast and x.dtype != lora_a.weight.dtype):
+            return original(x, *args, **kwargs)
+        result = layer.base_layer(x)
+        if not autocast and result.dtype != lora_a.weight.dtype:
+            return original(x, *args, **kwargs)
+        hidden = F.linear(layer.lora_dropout[name](x), lora_a.weight)  # [..., r]
+        out = torch.addmm(
+            result.reshape(-1, result.shape[-1]),
+            hidden.reshape(-1, hidden.shape[-1]),
+            lora_b.weight.t(),
+            alpha=layer.scaling[name],
+        )
+        return out.view(result.shape)
+
+    return forward
+
+
+@contextlib.contextmanager
+def fused_lora_linears(model: Any) -> Iterator[int]:
+    """Give peft's LoRA ``Linear`` layers the ``addmm`` forward of ``_fused_lora_forward`` while inside."""
+    try:
+        from peft.tuners.lora.layer import Linear as LoraLinear
+    except ImportError:  # no peft: nothing to fuse
+        yield 0
+        return
+    import torch
+
+    patched = []
+    for module in model.modules():
+        if type(module) is LoraLinear and isinstance(module.base_layer, torch.nn.Linear) and not module.fan_in_fan_out:
+            module.forward = _fused_lora_forward(module, module.forward)
+            patched.append(module)
+    try:
+        yield len(patched)
+    finally:
+        for module in patched:
+            del module.forward  # back to the class's forward
 
 
 # ------------------------------------------------------------------------------------------------- the trainer
@@ -375,6 +504,7 @@ def bf16_frozen_linears(model: Any) -> Iterator[int]:
 
 @functools.cache
 def _build_fast_trainer() -> type:
+    import torch
     import torch.nn.functional as F
     import transformers
 
@@ -382,10 +512,11 @@ def _build_fast_trainer() -> type:
         """``transformers.Trainer`` for causal-LM fine-tuning, faster on the same maths (see the module doc).
 
         A drop-in replacement: same arguments, same loss (token-mean cross entropy over shifted labels,
-        normalized by ``num_items_in_batch`` under gradient accumulation). Each speed-up can be switched off
-        with a keyword (``fast_attention``, ``sparse_dropout``, ``bf16_weights``, ``drop_padding_mask``,
-        ``loss_positions_only``). Falls back to ``Trainer.compute_loss`` when a custom ``compute_loss_func`` or
-        label smoothing is set, or when full logits must be returned for ``compute_metrics``.
+        normalized by ``num_items_in_batch`` under gradient accumulation). Each speed-up can be switched off with
+        a keyword: ``fast_attention``, ``sparse_dropout``, ``bf16_weights``, ``drop_padding_mask``,
+        ``loss_positions_only``, ``fused_cross_entropy``, ``fused_lora``. Falls back to ``Trainer.compute_loss``
+        when a custom ``compute_loss_func`` or label smoothing is set, or when full logits must be returned for
+        ``compute_metrics``.
         """
 
         def __init__(
@@ -396,6 +527,8 @@ def _build_fast_trainer() -> type:
             bf16_weights: bool = True,
             drop_padding_mask: bool = True,
             loss_positions_only: bool = True,
+            fused_cross_entropy: bool = True,
+            fused_lora: bool = True,
             **kwargs: Any,
         ) -> None:
             super().__init__(*args, **kwargs)
@@ -404,6 +537,9 @@ def _build_fast_trainer() -> type:
             self.bf16_weights = bf16_weights
             self.drop_padding_mask = drop_padding_mask
             self.loss_positions_only = loss_positions_only
+            self.fused_cross_entropy = fused_cross_entropy
+            self.fused_lora = fused_lora
+            self._head_cache: tuple[Any, ...] = ()
             self._fast_depth = 0
 
         @contextlib.contextmanager
@@ -422,7 +558,8 @@ def _build_fast_trainer() -> type:
                 applied = {
                     "fast_attention": stack.enter_context(_fast_attention_cm(model)) if self.fast_attention else False,
                     "sparse_dropout": stack.enter_context(sparse_lora_dropout(model)) if self.sparse_dropout else 0,
-                    "bf16_weights": stack.enter_context(bf16_frozen_linears(model))
+                    "fused_lora": stack.enter_context(fused_lora_linears(model)) if self.fused_lora else 0,
+                    "bf16_weights": stack.enter_context(bf16_frozen_weights(model))
                     if self.bf16_weights and cpu_autocast
                     else 0,
                 }
@@ -431,6 +568,14 @@ def _build_fast_trainer() -> type:
                     yield applied
                 finally:
                     self._fast_depth = 0
+
+        def _head_weight(self, head: Any, dtype: Any) -> Any:
+            """``head.weight`` in ``dtype``, cast once per weight version (it is frozen: one cast per run)."""
+            weight = head.weight
+            key = (weight.data_ptr(), weight._version, dtype)
+            if self._head_cache[:3] != key:
+                self._head_cache = (*key, weight.detach().to(dtype))
+            return self._head_cache[3]
 
         def train(self, *args: Any, **kwargs: Any) -> Any:
             with self.fast_model():
@@ -463,20 +608,33 @@ def _build_fast_trainer() -> type:
 
             mask = shifted_loss_mask(labels)  # [B, T-1]
             targets = labels[:, 1:][mask]  # [N]
-            head = _find_lm_head(self.accelerator.unwrap_model(model))
+            unwrapped = self.accelerator.unwrap_model(model)
+            head = _find_lm_head(unwrapped)
+            fused = self.fused_cross_entropy and plain_head(unwrapped)
+            captured: dict[str, Any] = {}
 
             def keep_loss_positions(_module: Any, args: tuple) -> tuple:
-                # hidden: [B, T, H] -> [N, H]; the last position predicts nothing.
-                return (args[0][:, :-1][mask],)
+                hidden = args[0][:, :-1][mask]  # [B, T, H] -> [N, H]; the last position predicts nothing
+                if not fused:
+                    return (hidden,)
+                device = hidden.device.type
+                captured["hidden"] = hidden
+                captured["dtype"] = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+                return (hidden[:0],)  # lm_head runs on no row: the fused loss below does its work
 
             handle = head.register_forward_pre_hook(keep_loss_positions)
             try:
                 outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
             finally:
                 handle.remove()
-            logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]  # [N, V]
-            # fp32 cross entropy, as transformers' ForCausalLMLoss does.
-            loss = F.cross_entropy(logits.float(), targets, reduction="sum")
+            if fused:
+                hidden = captured["hidden"]
+                dtype = captured["dtype"] or hidden.dtype
+                loss = fused_linear_cross_entropy(hidden.to(dtype), self._head_weight(head, dtype), targets)
+            else:
+                logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]  # [N, V]
+                # fp32 cross entropy, as transformers' ForCausalLMLoss does.
+                loss = F.cross_entropy(logits.float(), targets, reduction="sum")
             if num_items_in_batch is not None:
                 loss = loss / num_items_in_batch
                 if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs:

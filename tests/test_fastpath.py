@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 
@@ -64,15 +65,25 @@ class TestImport:
         assert issubclass(FastTrainer, transformers.Trainer)
 
 
+def _maybe_lora(model, lora: bool):
+    """The model itself, or wrapped in a LoRA adapter (frozen lm_head: FastTrainer's fused loss applies)."""
+    if not lora:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(model, LoraConfig(r=4, lora_dropout=0.0, target_modules=["q_proj", "v_proj"]))
+
+
 class TestLoss:
+    @pytest.mark.parametrize("lora", [False, True])
     @pytest.mark.parametrize("num_items", [None, 13])
-    def test_same_loss_as_trainer(self, tmp_path, num_items):
+    def test_same_loss_as_trainer(self, tmp_path, num_items, lora):
         import torch
         from transformers import Trainer
 
         from alpacare.fastpath import FastTrainer
 
-        model = _tiny_llama()
+        model = _maybe_lora(_tiny_llama(), lora)
         batch = _batch()
         plain = Trainer(model=model, args=_args(tmp_path))
         fast = FastTrainer(model=model, args=_args(tmp_path))
@@ -81,7 +92,8 @@ class TestLoss:
             got = fast.compute_loss(model, dict(batch), num_items_in_batch=num_items)
         assert got.item() == pytest.approx(want.item(), rel=1e-5)
 
-    def test_same_gradients_as_trainer(self, tmp_path):
+    @pytest.mark.parametrize("lora", [False, True])
+    def test_same_gradients_as_trainer(self, tmp_path, lora):
         import torch
         from transformers import Trainer
 
@@ -89,9 +101,10 @@ class TestLoss:
 
         grads = []
         for cls in (Trainer, FastTrainer):
-            model = _tiny_llama()
+            model = _maybe_lora(_tiny_llama(), lora)
             trainer = cls(model=model, args=_args(tmp_path))
-            trainer.compute_loss(model, _batch()).backward()
+            with trainer.fast_model() if cls is FastTrainer else contextlib.nullcontext():
+                trainer.compute_loss(model, _batch()).backward()
             grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
         torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
 
@@ -135,6 +148,54 @@ class TestPrecision:
     def test_auto_kwargs_build_training_arguments(self, tmp_path):
         args = _args(tmp_path, **fastpath.resolve_precision("auto"))
         assert args.bf16 == fastpath.resolve_precision("auto")["bf16"]
+
+
+class TestFusedCrossEntropy:
+    @pytest.mark.parametrize("rows", [5, 300, 700])  # below, across and over several chunks of 256 rows
+    def test_loss_and_gradient_match_cross_entropy_fp32(self, rows):
+        import torch
+        import torch.nn.functional as F
+
+        torch.manual_seed(0)
+        weight = torch.randn(97, 16)
+        targets = torch.randint(0, 97, (rows,))
+        h1 = torch.randn(rows, 16, requires_grad=True)
+        h2 = h1.detach().clone().requires_grad_()
+        want = F.cross_entropy(h1 @ weight.t(), targets, reduction="sum")
+        got = fastpath.fused_linear_cross_entropy(h2, weight, targets)
+        (want * 0.5).backward()
+        (got * 0.5).backward()
+        assert got.item() == pytest.approx(want.item(), rel=1e-5)
+        torch.testing.assert_close(h2.grad, h1.grad, rtol=1e-4, atol=1e-6)
+
+    def test_bf16_close_to_fp32_cross_entropy_of_bf16_logits(self):
+        import torch
+        import torch.nn.functional as F
+
+        torch.manual_seed(0)
+        weight = torch.randn(1000, 32).bfloat16()
+        hidden = torch.randn(300, 32).bfloat16()
+        targets = torch.randint(0, 1000, (300,))
+        want = F.cross_entropy((hidden @ weight.t()).float(), targets, reduction="sum")  # HF's way under autocast
+        got = fastpath.fused_linear_cross_entropy(hidden, weight, targets)
+        assert got.item() == pytest.approx(want.item(), rel=2e-3)
+
+    def test_underflowing_target_probability_stays_finite(self):
+        import torch
+
+        weight = torch.zeros(3, 2)
+        weight[0, 0] = 200.0  # logit 200 for token 0 against 0: p(token 1) = exp(-200) underflows
+        hidden = torch.tensor([[1.0, 0.0]])
+        got = fastpath.fused_linear_cross_entropy(hidden, weight, torch.tensor([1]))
+        assert got.item() == pytest.approx(200.0, rel=1e-4)
+
+    def test_plain_head_model_types(self):
+        from peft import LoraConfig, get_peft_model
+
+        model = _tiny_llama()
+        assert not fastpath.plain_head(model)  # lm_head trainable: no fused path
+        peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
+        assert fastpath.plain_head(peft_model)
 
 
 class TestRightPadding:
@@ -248,7 +309,7 @@ class TestSparseDropout:
 
 
 class TestBf16Weights:
-    def test_frozen_linears_cast_and_restored(self):
+    def test_frozen_weights_cast_and_restored(self):
         import torch
         from peft import LoraConfig, get_peft_model
 
@@ -257,17 +318,60 @@ class TestBf16Weights:
         ids = torch.randint(1, 97, (2, 10))
         with torch.no_grad():
             want = model(input_ids=ids).logits
-        with fastpath.bf16_frozen_linears(model) as n:
-            assert n == 2 * 7  # 7 projections per layer, 2 layers
+        with fastpath.bf16_frozen_weights(model) as n:
+            assert n == len([p for p in model.parameters() if not p.requires_grad])
             dtypes = {n: p.dtype for n, p in model.named_parameters()}
             assert dtypes["base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"] == torch.bfloat16
+            assert dtypes["base_model.model.model.embed_tokens.weight"] == torch.bfloat16
             assert dtypes["base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight"] == torch.float32
-            assert dtypes["base_model.model.model.embed_tokens.weight"] == torch.float32
             with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
                 got = model(input_ids=ids).logits
         torch.testing.assert_close(got.float(), want, rtol=0.05, atol=0.05)
         for name, p in model.named_parameters():
             assert p.dtype == torch.float32 and torch.equal(p, before[name])
+
+
+class TestFusedLora:
+    @pytest.mark.parametrize("autocast", [False, True])
+    def test_same_output_and_gradients_as_peft(self, autocast):
+        import torch
+        from peft import LoraConfig, get_peft_model
+
+        torch.manual_seed(0)
+        model = get_peft_model(_tiny_llama(), LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"]))
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p)  # peft starts B at zero: make the branch matter
+        ids = torch.randint(1, 97, (2, 12))
+
+        def run():
+            model.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                out = model(input_ids=ids).logits.float()
+            out.square().mean().backward()
+            return out.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+        want, want_grads = run()
+        with fastpath.fused_lora_linears(model) as n:
+            assert n == 2 * 3
+            got, got_grads = run()
+        assert "forward" not in vars(model.base_model.model.model.layers[0].self_attn.q_proj)  # restored
+        tol = {"rtol": 2e-2, "atol": 2e-2} if autocast else {"rtol": 1e-5, "atol": 1e-6}
+        torch.testing.assert_close(got, want, **tol)
+        for g, w in zip(got_grads, want_grads, strict=True):
+            torch.testing.assert_close(g, w, **tol)
+
+    def test_disabled_adapter_goes_through_peft(self):
+        import torch
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(_tiny_llama(), LoraConfig(r=4, target_modules=["q_proj"]))
+        ids = torch.randint(1, 97, (1, 6))
+        with torch.no_grad(), fastpath.fused_lora_linears(model), model.disable_adapter():
+            got = model(input_ids=ids).logits
+        with torch.no_grad(), model.disable_adapter():
+            want = model(input_ids=ids).logits
+        torch.testing.assert_close(got, want)
 
 
 class TestTraining:
