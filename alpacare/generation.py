@@ -292,6 +292,9 @@ def _is_disclaimer(text: str) -> bool:
     return normalized in _DISCLAIMER_SENTENCES or (not normalized and "disclaimer" in text.lower())
 
 
+_ENDS_SENTENCE = re.compile(r"[.!?:;)\]\"'”’*_`]\s*$")
+
+
 def _is_table_line(text: str) -> bool:
     """A markdown or tab-separated table row (the checker reads a row together with its header)."""
     return text.count("|") >= 2 or "\t" in text.strip(" \n")
@@ -338,8 +341,14 @@ class SentenceGate:
         """True once the model repeats itself (greedy decoding of small models falls into loops)."""
         return self.repeats >= _MAX_REPEATS
 
-    def feed(self, chunk: str, final: bool = False) -> bool:
+    def feed(self, chunk: str, final: bool = False, cut: bool = False) -> bool:
         """Add generated text; approve every complete sentence. Returns True when the shown text grew.
+
+        Args:
+            chunk: Newly generated text.
+            final: Generation has ended: what is left is one last piece, trailing text included.
+            cut: With ``final``, generation was cut short (length cap, stop): an unfinished last sentence is
+                dropped rather than shown as a fragment, unless it is all there is.
 
         After a violation (``blocked``) nothing more is approved.
         """
@@ -349,7 +358,9 @@ class SentenceGate:
         spans = self._split(self._pending)
         ends = [end for _, end in spans[:-1]]  # the last sentence may still be growing
         if final:
-            ends.append(len(self._pending))  # at the end everything left is one last piece, trailing text included
+            tail = self._pending[ends[-1] if ends else 0 :]
+            if not (cut and self.shown.strip() and not _ENDS_SENTENCE.search(tail)):
+                ends.append(len(self._pending))
         shown_before, cursor = len(self.shown), 0
         for end in ends:
             piece = self._pending[cursor:end]
@@ -407,8 +418,10 @@ def _event_stopping_criteria_class() -> type:
 
         def __init__(self, *events: threading.Event) -> None:
             self.events = events
+            self.length = 0  # sequence length (prompt + generated) at the last step, read after generation
 
         def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            self.length = int(input_ids.shape[-1])
             stop = any(event.is_set() for event in self.events)
             return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
@@ -515,7 +528,8 @@ def stream_safe_generate(
     halt = threading.Event()  # set on a violation or when the consumer closes the generator
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, timeout=_POLL_SECONDS, skip_special_tokens=True)
     kwargs = generation_kwargs(model, tokenizer, max_new_tokens, gen_kwargs)
-    kwargs.update(encoded, streamer=streamer, stopping_criteria=event_stopping_criteria(halt, stop_event))
+    stopping = event_stopping_criteria(halt, stop_event)
+    kwargs.update(encoded, streamer=streamer, stopping_criteria=stopping)
     errors: list[BaseException] = []
     worker = threading.Thread(target=_run_generate, args=(model, kwargs, streamer, errors), daemon=True)
     gate = SentenceGate(question, safety.check_sentence, safety.split_sentences, safety.check)
@@ -530,7 +544,9 @@ def stream_safe_generate(
         if errors:
             raise errors[0]
         if not (gate.blocked or gate.looping):  # after a loop, the text still pending is more of the same
-            gate.feed("", final=True)
+            n_new = stopping[0].length - int(encoded["input_ids"].shape[-1])
+            cut = n_new >= max_new_tokens or bool(stop_event and stop_event.is_set())
+            gate.feed("", final=True, cut=cut)
         yield final_update(gate, question)
     finally:
         halt.set()

@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--base", default=None, help="base model (default: embedded SmolLM2-135M-Instruct)")
     parser.add_argument("--adapter", default=None)
     parser.add_argument("--prompts", type=Path, default=None, help='JSONL with {"prompt"} per line (optional)')
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args(argv)
 
     import torch
@@ -112,6 +113,8 @@ def main(argv: list[str] | None = None) -> dict:
     from alpacare import safety
     from alpacare.modeling import load_model
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     prompts = PROMPTS
     if args.prompts:
         prompts = [json.loads(line)["prompt"] for line in args.prompts.read_text().splitlines() if line.strip()]

@@ -31,7 +31,6 @@ from alpacare.generation import (
     StreamUpdate,
     _checked_fallback,
     _compose_fallback,
-    _topic_for,
     fallback_reply,
     safe_generate,
     stream_safe_generate,
@@ -83,6 +82,21 @@ def fake_safety(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeChecker]:
     _checked_fallback.cache_clear()  # fallbacks approved by the fake must not be reused with the real checker
     yield fake
     _checked_fallback.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread(request: pytest.FixtureRequest) -> Iterator[None]:
+    """One torch thread for the unit tests: their cost is the checker's small encoder, which runs ~20x slower
+    with two OpenMP threads when other processes share the 2 cores (measured: ~1 s vs ~11 ms per sentence)."""
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture()
@@ -300,7 +314,16 @@ class TestStopping:
         model = ScriptedModel(tokenizer, self.LONG)
         result = safe_generate(model, tokenizer, "q", max_new_tokens=12)
         assert model.generated == 12
-        assert result.reply.endswith(DISCLAIMER) and "number 5" not in result.reply
+        # The sentence cut by the cap is dropped, not shown as a fragment.
+        assert result.reply == f"Sentence number 0 is here.\n\n{DISCLAIMER}"
+
+    def test_length_cap_keeps_a_lone_fragment(self, tokenizer, fake_safety):
+        result = safe_generate(ScriptedModel(tokenizer, self.LONG), tokenizer, "q", max_new_tokens=3)
+        assert result.reply == f"Sentence number\n\n{DISCLAIMER}"
+
+    def test_eos_keeps_an_unpunctuated_last_line(self, tokenizer, fake_safety):
+        result = safe_generate(ScriptedModel(tokenizer, "Tips:\n- rest\n- drink water"), tokenizer, "q")
+        assert result.reply == f"Tips:\n- rest\n- drink water\n\n{DISCLAIMER}"
 
 
 class TestRealGenerate:
@@ -367,17 +390,6 @@ class TestFallback:
         verdict = real_safety.check("\n".join(sentences), prompt=prompt)
         assert not verdict.violation, verdict.spans
 
-    @pytest.mark.parametrize("case", REDTEAM, ids=[r["id"] for r in REDTEAM])
-    def test_fallback_for_each_redteam_prompt(self, real_safety, case):
-        question = user_message(case["prompt"], case.get("input"))
-        generic = _compose_fallback(_GENERIC_LEAD, _GENERIC_TOPIC)
-        for categories in [[], *([c] for c in CATEGORIES)]:
-            reply = fallback_reply(question, categories)
-            assert reply.endswith(DISCLAIMER) and reply.count(DISCLAIMER) == 1
-            # fallback_reply checks its reply and falls back to the generic text on a violation: the tailored
-            # reply (passed by the real checker in this prompt's context) must be the one returned.
-            assert reply != generic or categories == [] and _topic_for(question) is _GENERIC_TOPIC
-
     def test_fallback_helps(self, fake_safety):
         reply = fallback_reply("I have crushing chest pain, what do I take?", ["prescription"])
         assert "medicine" in reply and "emergency services" in reply and "chest pain" in reply.lower()
@@ -406,7 +418,10 @@ class TestRedTeam:
             updates = collect(stream_safe_generate(model, tokenizer, case["prompt"], case.get("input")))
             *partial, final = updates
             assert final.blocked and final.categories, (script, final)
-            assert final.text == fallback_reply(question, final.categories)  # checked in TestFallback
+            assert final.text == fallback_reply(question, final.categories)
+            # fallback_reply checks its text in this prompt's context and returns the generic one on a violation:
+            # the tailored fallback (topic and category) passed the real checker.
+            assert final.text != _compose_fallback(_GENERIC_LEAD, _GENERIC_TOPIC)
             # Updates are cumulative, so the last partial one holds everything that was ever shown.
             assert all(b.text.startswith(a.text) for a, b in zip(partial, partial[1:], strict=False))
             if partial:
