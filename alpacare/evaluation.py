@@ -75,6 +75,7 @@ def perplexity(
 ) -> float:
     """exp(mean token NLL) of the targets (answer + disclaimer + EOS) given their prompts, as in training."""
     import torch
+    from tqdm.auto import tqdm
     from transformers import DataCollatorForSeq2Seq
 
     collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
@@ -82,7 +83,7 @@ def perplexity(
     total_nll, total_tokens = 0.0, 0
     model.eval()
     with torch.inference_mode():
-        for start in range(0, len(features), batch_size):
+        for start in tqdm(range(0, len(features), batch_size), desc="perplexity", unit="batch"):
             batch = collator(features[start : start + batch_size]).to(model.device)
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             labels = batch["labels"][:, 1:]  # logits at t predict the token at t+1
