@@ -25,6 +25,7 @@ from alpacare.generation import (
     _GENERIC_LEAD,
     _GENERIC_TOPIC,
     _LEADS,
+    _PREFIX_CACHES,
     _TOPICS,
     SafeReply,
     SentenceGate,
@@ -32,6 +33,7 @@ from alpacare.generation import (
     _checked_fallback,
     _compose_fallback,
     fallback_reply,
+    prompt_prefix_cache,
     safe_generate,
     stream_safe_generate,
 )
@@ -330,7 +332,10 @@ class TestRealGenerate:
     """The same stopping paths through the real ``generate`` of a tiny random Llama (forward calls counted)."""
 
     @staticmethod
-    def count_forwards(model, monkeypatch) -> list[int]:
+    def count_forwards(model, monkeypatch, tokenizer) -> list[int]:
+        # Build the prompt-prefix cache first: its one forward pass is not a generation step.
+        encoded = tokenizer(format_prompt(tokenizer, "q"), return_tensors="pt", add_special_tokens=False)
+        assert prompt_prefix_cache(model, tokenizer, encoded["input_ids"]) is not None
         calls = [0]
         original = model.forward
 
@@ -342,7 +347,7 @@ class TestRealGenerate:
         return calls
 
     def test_length_cap(self, tiny_model, tokenizer, fake_safety, monkeypatch):
-        calls = self.count_forwards(tiny_model, monkeypatch)
+        calls = self.count_forwards(tiny_model, monkeypatch, tokenizer)
         result = safe_generate(tiny_model, tokenizer, "What is asthma?", max_new_tokens=9)
         assert calls[0] == 9
         assert result.reply.endswith(DISCLAIMER)
@@ -350,16 +355,74 @@ class TestRealGenerate:
     def test_eos_stops(self, tiny_model, tokenizer, fake_safety, monkeypatch):
         encoded = tokenizer(format_prompt(tokenizer, "What is asthma?"), return_tensors="pt", add_special_tokens=False)
         first = int(tiny_model.generate(**encoded, max_new_tokens=1, do_sample=False)[0, -1])
-        calls = self.count_forwards(tiny_model, monkeypatch)
+        calls = self.count_forwards(tiny_model, monkeypatch, tokenizer)
         safe_generate(tiny_model, tokenizer, "What is asthma?", max_new_tokens=20, eos_token_id=first)
         assert calls[0] == 1  # the first token is EOS: generation ends there
 
     def test_stop_event_already_set(self, tiny_model, tokenizer, fake_safety, monkeypatch):
-        calls = self.count_forwards(tiny_model, monkeypatch)
+        calls = self.count_forwards(tiny_model, monkeypatch, tokenizer)
         stop = threading.Event()
         stop.set()
         updates = collect(stream_safe_generate(tiny_model, tokenizer, "q", max_new_tokens=50, stop_event=stop))
         assert calls[0] == 1 and updates[-1].done
+
+
+class TestPromptPrefixCache:
+    """The KV cache of the fixed prompt head is reused, gives the same greedy tokens, and follows weight changes."""
+
+    @staticmethod
+    def encode(model, tokenizer, prompt="What is asthma?"):
+        return tokenizer(format_prompt(tokenizer, prompt), return_tensors="pt", add_special_tokens=False)
+
+    def greedy(self, model, encoded, cache=None):
+        return model.generate(**encoded, max_new_tokens=8, do_sample=False, past_key_values=cache)
+
+    def test_same_tokens_with_and_without_the_cache(self, tiny_model, tokenizer):
+        encoded = self.encode(tiny_model, tokenizer)
+        cache = prompt_prefix_cache(tiny_model, tokenizer, encoded["input_ids"])
+        assert 0 < cache.get_seq_length() < encoded["input_ids"].shape[-1]
+        assert torch_equal(self.greedy(tiny_model, encoded, cache), self.greedy(tiny_model, encoded))
+
+    def test_reused_then_recomputed_after_a_weight_update(self, tiny_model, tokenizer):
+        import torch
+
+        encoded = self.encode(tiny_model, tokenizer)
+        first = prompt_prefix_cache(tiny_model, tokenizer, encoded["input_ids"])
+        stored = _PREFIX_CACHES[tiny_model]
+        second = prompt_prefix_cache(tiny_model, tokenizer, encoded["input_ids"])
+        assert _PREFIX_CACHES[tiny_model] is stored and second is not first  # reused, handed out as a copy
+        with torch.no_grad():
+            tiny_model.model.embed_tokens.weight.mul_(3.0)  # an optimizer step would bump the same counter
+        third = prompt_prefix_cache(tiny_model, tokenizer, encoded["input_ids"])
+        assert _PREFIX_CACHES[tiny_model] is not stored
+        assert torch_equal(self.greedy(tiny_model, encoded, third), self.greedy(tiny_model, encoded))
+
+    def test_not_used_when_it_does_not_apply(self, tiny_model, tokenizer):
+        encoded = self.encode(tiny_model, tokenizer)
+        assert prompt_prefix_cache(ScriptedModel(tokenizer, SAFE), tokenizer, encoded["input_ids"]) is None
+        other = tokenizer("Plain text, not the prompt format.", return_tensors="pt")["input_ids"]
+        assert prompt_prefix_cache(tiny_model, tokenizer, other) is None
+
+    def test_streaming_prefills_only_the_users_part(self, tiny_model, tokenizer, fake_safety, monkeypatch):
+        lengths = []
+        original = tiny_model.forward
+
+        def forward(*args, **kwargs):
+            lengths.append(kwargs["input_ids"].shape[-1])
+            return original(*args, **kwargs)
+
+        safe_generate(tiny_model, tokenizer, "What is asthma?", max_new_tokens=3)  # builds the cache
+        monkeypatch.setattr(tiny_model, "forward", forward)
+        safe_generate(tiny_model, tokenizer, "What is asthma?", max_new_tokens=3)
+        prompt_length = self.encode(tiny_model, tokenizer)["input_ids"].shape[-1]
+        head_length = _PREFIX_CACHES[tiny_model][1].get_seq_length()
+        assert lengths == [prompt_length - head_length, 1, 1]
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b)
 
 
 # ---------------------------------------------------------------------------------------------------------------
