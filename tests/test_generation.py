@@ -397,6 +397,18 @@ class TestPromptPrefixCache:
         assert _PREFIX_CACHES[tiny_model] is not stored
         assert torch_equal(self.greedy(tiny_model, encoded, third), self.greedy(tiny_model, encoded))
 
+    def test_follows_a_peft_adapter_switched_off(self, tiny_model, tokenizer):
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)  # non-zero LoRA
+        model = get_peft_model(tiny_model, config).eval()
+        encoded = self.encode(model, tokenizer)
+        with_adapter = self.greedy(model, encoded, prompt_prefix_cache(model, tokenizer, encoded["input_ids"]))
+        assert torch_equal(with_adapter, self.greedy(model, encoded))
+        with model.disable_adapter():
+            cache = prompt_prefix_cache(model, tokenizer, encoded["input_ids"])
+            assert torch_equal(self.greedy(model, encoded, cache), self.greedy(model, encoded))
+
     def test_not_used_when_it_does_not_apply(self, tiny_model, tokenizer):
         encoded = self.encode(tiny_model, tokenizer)
         assert prompt_prefix_cache(ScriptedModel(tokenizer, SAFE), tokenizer, encoded["input_ids"]) is None
