@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from alpacare.prompts import DISCLAIMER, ensure_disclaimer, format_prompt, prompt_style, user_message
+from alpacare.prompts import DISCLAIMER, ensure_disclaimer, format_prompt, user_message
 
 log = logging.getLogger(__name__)
 
@@ -440,22 +440,26 @@ def event_stopping_criteria(*events: threading.Event | None) -> Any:
     return StoppingCriteriaList([_event_stopping_criteria_class()(*(e for e in events if e is not None))])
 
 
-def encode_prompt(model: Any, tokenizer: Any, prompt: str, input_text: str | None = None) -> Any:
-    """Tokenized training-format prompt on the model's device.
+def encode_prompt(model: Any, tokenizer: Any, prompt: str, input_text: str | None = None) -> dict[str, Any]:
+    """``input_ids`` and ``attention_mask`` (batch of one, on the model's device) of the training-format prompt.
+
+    The ids come from ``alpacare.data.encode_prompt``, the tokenization training masks as the prompt.
 
     Raises:
         ValueError: The prompt is empty or does not fit the model's context.
     """
+    import torch
+
+    from alpacare import data
+
     if not (prompt or "").strip():
         raise ValueError("The prompt is empty.")
-    text = format_prompt(tokenizer, prompt, input_text)
-    # A chat template already writes the special tokens (BOS etc.); the Alpaca text needs the tokenizer's own.
-    encoded = tokenizer(text, return_tensors="pt", add_special_tokens=prompt_style(tokenizer) != "chat")
+    ids = data.encode_prompt(tokenizer, format_prompt(tokenizer, prompt, input_text))
     context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    n_tokens = int(encoded["input_ids"].shape[-1])
-    if context and n_tokens >= context:
-        raise ValueError(f"The prompt is {n_tokens} tokens; the model's context is {context} tokens.")
-    return encoded.to(model.device)
+    if context and len(ids) >= context:
+        raise ValueError(f"The prompt is {len(ids)} tokens; the model's context is {context} tokens.")
+    input_ids = torch.tensor([ids], device=model.device)
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
 
 
 def generation_kwargs(model: Any, tokenizer: Any, max_new_tokens: int, gen_kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -513,10 +517,11 @@ def prompt_prefix_cache(model: Any, tokenizer: Any, input_ids: Any) -> Any | Non
     try:
         from transformers import DynamicCache
 
+        from alpacare import data
+
         text = format_prompt(tokenizer, _SENTINEL)
         head = text[: text.find(_SENTINEL)]
-        head_ids = tokenizer(head, return_tensors="pt", add_special_tokens=prompt_style(tokenizer) != "chat")
-        head_ids = head_ids["input_ids"].to(input_ids.device)
+        head_ids = torch.tensor([data.encode_prompt(tokenizer, head)], device=input_ids.device)
         n = head_ids.shape[-1]
         if not head or n >= input_ids.shape[-1] or not torch.equal(input_ids[0, :n], head_ids[0]):
             return None
