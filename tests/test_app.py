@@ -696,7 +696,7 @@ class TestBrowser:
             # Chat: a streamed reply that ends with the disclaimer, under the live model line.
             chatbot = page.locator("#chatbot")
             chatbot.wait_for(timeout=30_000)
-            assert "smollm2-135m-instruct (no adapter)" in page.locator("#model-line").inner_text().lower()
+            assert "smollm2-135m-instruct (embedded) (no adapter)" in page.locator("#model-line").inner_text().lower()
             assert "not medical advice" in page.locator("#model-line").inner_text()
             page.locator("#chat-input textarea").fill("What is iron deficiency anemia?")
             page.locator("#chat-input textarea").press("Enter")
