@@ -6,7 +6,11 @@ TORCH_SPEC ?= torch==2.13.0
 RUN_DIR   ?= runs/smollm2-demo
 PYTEST_ARGS ?=
 
-.PHONY: install model demo train app test test-all lint browser-deps bench clean
+POOL      ?= data/review_pool.jsonl
+# A local demo login, only for `make demo` on 127.0.0.1; real reviewers come from --reviewers-file / ALPACARE_REVIEWERS.
+DEMO_REVIEWERS ?= demo:demo
+
+.PHONY: install model demo train app review-pool test lint browser-deps bench clean
 
 install: $(VENV)/.installed
 
@@ -29,9 +33,17 @@ $(RUN_DIR)/adapter_config.json: | model
 train: model
 	$(PY) train/train_lora.py --config train/configs/smollm2-135m-demo.yaml --output_dir $(RUN_DIR)
 
-# The main job on the embedded default: train the demo adapter once, then serve it in the app.
-demo: $(RUN_DIR)/adapter_config.json
-	HF_HUB_OFFLINE=1 $(PY) app.py --adapter $(RUN_DIR)
+# Replies of the demo adapter to its test split: the items reviewers rate in the app's Review tab.
+$(POOL): | $(RUN_DIR)/adapter_config.json
+	HF_HUB_OFFLINE=1 $(PY) -m alpacare.data prompts --run_dir $(RUN_DIR) --split test --output data/review_prompts.jsonl
+	HF_HUB_OFFLINE=1 $(PY) -m alpacare.generate --input data/review_prompts.jsonl --output $(POOL) --adapter $(RUN_DIR) --max-new-tokens 160
+
+review-pool: $(POOL)
+
+# The main job on the embedded default: train the demo adapter once, build the review pool, serve both in the app.
+demo: $(RUN_DIR)/adapter_config.json $(POOL)
+	@echo "Demo reviewer login: $(DEMO_REVIEWERS) (local demo only)"
+	HF_HUB_OFFLINE=1 ALPACARE_REVIEWERS="$(DEMO_REVIEWERS)" $(PY) app.py --adapter $(RUN_DIR) --review-pool $(POOL)
 
 app: model
 	$(PY) app.py
@@ -47,6 +59,13 @@ test: model browser-deps
 
 lint: install
 	$(PY) -m ruff check .
+
+bench: model
+	$(PY) benchmarks/train_throughput.py --json
+	$(PY) benchmarks/safety_eval.py --json
+	$(PY) benchmarks/guard_overhead.py --json
+	$(PY) benchmarks/stream_latency.py --json
+	$(PY) benchmarks/app_latency.py --json
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -419,3 +419,35 @@ def write_manifest(manifest: dict[str, Any], path: str | Path) -> Path:
     path = Path(path)
     path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return path
+
+
+def split_prompts(manifest: dict[str, Any], split: str = "test") -> list[dict[str, str]]:
+    """``{"id", "prompt"[, "input"]}`` lines for ``python -m alpacare.generate`` from one split of a manifest."""
+    lines = []
+    for row in rows_for_split(manifest, split):
+        line = {"id": str(row["row_id"]), "prompt": row["instruction"]}
+        if normalize_input(row.get("input")):
+            line["input"] = normalize_input(row.get("input"))
+        lines.append(line)
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m alpacare.data prompts --run_dir RUN [--split test] --output OUT.jsonl``: a split's prompts."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("command", choices=["prompts"])
+    parser.add_argument("--run_dir", required=True, help="run folder holding manifest.json")
+    parser.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    parser.add_argument("--output", required=True)
+    args = parser.parse_args(argv)
+    manifest = json.loads((Path(args.run_dir) / "manifest.json").read_text(encoding="utf-8"))
+    lines = split_prompts(manifest, args.split)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    print(f"{len(lines)} {args.split} prompts -> {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -360,3 +360,15 @@ class TestSample:
         prepared = prepare_splits("sample", preset, safety_mode="off")
         assert all(prepared.manifest["sizes"][name] > 0 for name in SPLITS)
         assert prepared.manifest["source"] == "sample"
+
+
+def test_split_prompts_feed_the_generate_cli():
+    """The review pool's prompts: one line per test row, with the row id and the input only when there is one."""
+    from alpacare.data import load_rows, split_prompts, split_rows
+
+    rows = load_rows("sample")
+    splits = split_rows(rows, "sample", seed=42)
+    manifest = {"source": "sample", "splits": {name: [r["row_id"] for r in part] for name, part in splits.items()}}
+    lines = split_prompts(manifest, "test")
+    assert [line["id"] for line in lines] == [str(r["row_id"]) for r in splits["test"]]
+    assert all(line["prompt"] and line.get("input", "x") not in ("", "<noinput>") for line in lines)
