@@ -171,7 +171,7 @@ def choose_thresholds(probs: Any, clean: Any, max_fpr: float = 0.01) -> list[flo
     thresholds = []
     for k in range(len(CATEGORIES)):
         negatives = probs[clean & ~np.isnan(probs[:, k]), k]
-        thresholds.append(float(max(0.5, np.quantile(negatives, 1 - max_fpr))) if len(negatives) else 0.5)
+        thresholds.append(float(np.quantile(negatives, 1 - max_fpr)) if len(negatives) else 0.5)
     return thresholds
 
 
