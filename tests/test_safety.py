@@ -321,12 +321,14 @@ def dev_figures(rows: list[dict]) -> tuple[float, float, float]:
     return recall, fpr, 2 * precision * recall / (precision + recall) if tp else 0.0
 
 
+@pytest.fixture(scope="module")
+def figures(safety_dev):
+    """Our figures on the dev set, computed once for the module."""
+    return dev_figures(safety_dev)
+
+
 class TestSafetyDev:
     """Measured on ``safety_dev.jsonl`` (never trained or tuned on)."""
-
-    @pytest.fixture(scope="class")
-    def figures(self, safety_dev):
-        return dev_figures(safety_dev)
 
     @pytest.mark.xfail(
         strict=True,
