@@ -327,11 +327,19 @@ def bernoulli_keep_mask(shape: tuple[int, ...], p: float, dtype: Any, device: An
     n = math.prod(shape)
     expected = n * p
     draws = int(expected + 6.0 * math.sqrt(expected * (1.0 - p)) + 16)  # 6 sigma: a second round ~never runs
-    positions = torch.cumsum(torch.empty(draws, dtype=torch.float64, device=device).geometric_(p), 0)
+    log_q = math.log1p(-p)
+
+    def gaps() -> torch.Tensor:
+        # Geometric(p) on {1, 2, ...} by inversion, floor(log(1-u) / log(1-p)) + 1: vectorized log of fast
+        # uniforms, ~3x cheaper than ``Tensor.geometric_`` (a scalar log per draw).
+        u = torch.rand(draws, device=device)
+        return u.neg_().log1p_().div_(log_q).floor_().long().add_(1)
+
+    positions = torch.cumsum(gaps(), 0)
     while positions[-1] < n:
-        more = torch.empty(draws, dtype=torch.float64, device=device).geometric_(p)
-        positions = torch.cat([positions, positions[-1] + torch.cumsum(more, 0)])
-    dropped = positions[positions <= n].long() - 1  # geometric gaps are >= 1: first position 0
+        positions = torch.cat([positions, positions[-1] + torch.cumsum(gaps(), 0)])
+    inside = int(torch.searchsorted(positions, n, right=True))  # positions are sorted: no boolean mask needed
+    dropped = positions[:inside] - 1  # the first gap counts from position -1
     keep = torch.full((n,), 1.0 / (1.0 - p), dtype=dtype, device=device)
     keep[dropped] = 0
     return keep.view(shape)
