@@ -447,17 +447,59 @@ def bf16_frozen_weights(model: Any) -> Iterator[int]:
             m.cast_input_dtype_enabled = flag
 
 
-def _fused_lora_forward(layer: Any, original: Any) -> Any:
-    """A forward for a peft LoRA ``Linear``: ``base(x) + scaling · B(A(dropout(x)))`` as one ``addmm``.
+@functools.cache
+def _lora_linear_function() -> type:
+    import torch
 
-    peft computes the LoRA branch as ``result + lora_B(lora_A(dropout(x))) * scaling``: a multiply and an add
-    over the full ``[tokens, out_features]`` output, and one more multiply in the backward, for each adapted
-    layer. ``addmm(result, h, B.T, alpha=scaling)`` folds both into the GEMM. Anything unusual (several
-    adapters, merged or disabled adapters, DoRA and other variants, extra arguments, mixed dtypes without
-    autocast) goes through peft's own forward.
+    class LoraLinearFunction(torch.autograd.Function):
+        """``x @ W.T + b + scaling · dropout(x) @ A.T @ B.T`` with a hand-written backward.
+
+        Autograd on peft's modules runs, per adapted layer, the dropout multiply, the LoRA GEMMs, a scaling
+        multiply and an add in the forward, and in the backward the same again plus an accumulation of the two
+        input gradients. Here the LoRA output is added inside the base GEMM's output (``addmm_``), the LoRA input
+        gradient is masked and accumulated in one ``addcmul_``, and nothing else touches ``[tokens, features]``
+        tensors. W and b are frozen; all tensors share one dtype (cast by the caller).
+        """
+
+        @staticmethod
+        def forward(ctx: Any, x: Any, weight: Any, bias: Any, lora_a: Any, lora_b: Any, scaling: float, p: float):
+            x2 = x.reshape(-1, x.shape[-1])  # [T, in]
+            out = x2 @ weight.t() if bias is None else torch.addmm(bias, x2, weight.t())  # [T, out]
+            keep = bernoulli_keep_mask(tuple(x2.shape), p, x2.dtype, x2.device) if p > 0 else None
+            dropped = x2 * keep if keep is not None else x2
+            hidden = dropped @ lora_a.t()  # [T, r]
+            out.addmm_(hidden, lora_b.t(), alpha=scaling)
+            ctx.save_for_backward(dropped, keep, hidden, weight, lora_a, lora_b)
+            ctx.scaling = scaling
+            return out.view(*x.shape[:-1], out.shape[-1])
+
+        @staticmethod
+        def backward(ctx: Any, grad: Any) -> tuple:
+            dropped, keep, hidden, weight, lora_a, lora_b = ctx.saved_tensors
+            g = grad.reshape(-1, grad.shape[-1])  # [T, out]
+            grad_hidden = (g @ lora_b).mul_(ctx.scaling)  # [T, r]
+            grad_a = grad_hidden.t() @ dropped if ctx.needs_input_grad[3] else None  # [r, in]
+            grad_b = (g.t() @ hidden).mul_(ctx.scaling) if ctx.needs_input_grad[4] else None  # [out, r]
+            grad_x = None
+            if ctx.needs_input_grad[0]:
+                if keep is None:
+                    grad_x = torch.addmm(g @ weight, grad_hidden, lora_a)
+                else:
+                    grad_x = (g @ weight).addcmul_(grad_hidden @ lora_a, keep)
+                grad_x = grad_x.view(*grad.shape[:-1], grad_x.shape[-1])
+            return grad_x, None, None, grad_a, grad_b, None, None
+
+    return LoraLinearFunction
+
+
+def _fused_lora_forward(layer: Any, original: Any) -> Any:
+    """A forward for a peft LoRA ``Linear`` through ``LoraLinearFunction`` (dropout included).
+
+    Anything unusual goes through peft's own forward: several or disabled adapters, merged weights, DoRA and
+    other variants, a LoRA bias, extra arguments, a dropout that is not ``nn.Dropout``, a trained base weight.
+    Under autocast everything is cast to the autocast dtype (as autocast would for these GEMMs).
     """
     import torch
-    import torch.nn.functional as F
 
     def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         adapters = layer.active_adapters
@@ -466,21 +508,23 @@ def _fused_lora_forward(layer: Any, original: Any) -> Any:
         name = adapters[0]
         if name not in layer.lora_A or name in getattr(layer, "lora_variant", {}):
             return original(x, *args, **kwargs)
-        lora_a, lora_b = layer.lora_A[name], layer.lora_B[name]
-        autocast = torch.is_autocast_enabled(x.device.type)
-        if lora_b.bias is not None or (not autocast and x.dtype != lora_a.weight.dtype):
+        base, lora_a, lora_b, drop = layer.base_layer, layer.lora_A[name], layer.lora_B[name], layer.lora_dropout[name]
+        if lora_b.bias is not None or base.weight.requires_grad or (base.bias is not None and base.bias.requires_grad):
             return original(x, *args, **kwargs)
-        result = layer.base_layer(x)
-        if not autocast and result.dtype != lora_a.weight.dtype:
+        if isinstance(drop, torch.nn.Dropout) or type(drop).__name__ == "SparseDropout":
+            p = drop.p if drop.training else 0.0
+        elif isinstance(drop, torch.nn.Identity):
+            p = 0.0
+        else:
             return original(x, *args, **kwargs)
-        hidden = F.linear(layer.lora_dropout[name](x), lora_a.weight)  # [..., r]
-        out = torch.addmm(
-            result.reshape(-1, result.shape[-1]),
-            hidden.reshape(-1, hidden.shape[-1]),
-            lora_b.weight.t(),
-            alpha=layer.scaling[name],
-        )
-        return out.view(result.shape)
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        tensors = [x, base.weight, base.bias, lora_a.weight, lora_b.weight]
+        if any(t is not None and t.dtype != dtype for t in tensors) and not torch.is_autocast_enabled(device):
+            return original(x, *args, **kwargs)  # mixed dtypes without autocast: peft's casting rules apply
+        x, weight, bias, a, b = (t.to(dtype) if t is not None else None for t in tensors)
+        with torch.autocast(device, enabled=False):
+            return _lora_linear_function().apply(x, weight, bias, a, b, layer.scaling[name], p)
 
     return forward
 

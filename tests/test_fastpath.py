@@ -361,6 +361,26 @@ class TestFusedLora:
         for g, w in zip(got_grads, want_grads, strict=True):
             torch.testing.assert_close(g, w, **tol)
 
+    @pytest.mark.parametrize("bias", [False, True])
+    def test_function_with_dropout_matches_autograd(self, bias):
+        import torch
+
+        torch.manual_seed(0)
+        x = torch.randn(3, 5, 8, requires_grad=True)
+        weight, a, b = torch.randn(6, 8), torch.randn(2, 8, requires_grad=True), torch.randn(6, 2, requires_grad=True)
+        base_bias = torch.randn(6) if bias else None
+        torch.manual_seed(1)
+        got = fastpath._lora_linear_function().apply(x, weight, base_bias, a, b, 0.5, 0.3)
+        got_grads = torch.autograd.grad(got.square().sum(), (x, a, b))
+        torch.manual_seed(1)
+        keep = fastpath.bernoulli_keep_mask((15, 8), 0.3, torch.float32).view(3, 5, 8)  # the same draw
+        assert (keep == 0).any()
+        want = x @ weight.t() + 0.5 * ((x * keep) @ a.t()) @ b.t() + (base_bias if bias else 0)
+        want_grads = torch.autograd.grad(want.square().sum(), (x, a, b))
+        torch.testing.assert_close(got, want)
+        for g, w in zip(got_grads, want_grads, strict=True):
+            torch.testing.assert_close(g, w)
+
     def test_disabled_adapter_goes_through_peft(self):
         import torch
         from peft import LoraConfig, get_peft_model
