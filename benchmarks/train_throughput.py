@@ -23,6 +23,7 @@ backward through frozen weights that needs input gradients only). Prints one JSO
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -79,18 +80,19 @@ def make_args(out: str, **kwargs: Any) -> Any:
 
 
 def run(trainer_cls: type, model: Any, args: Any, train: Any, collator: Any, **trainer_kwargs: Any) -> dict:
-    """Train once; wall time and real (non-padding) tokens of ``trainer.train()``."""
+    """Train once; wall and CPU time and real (non-padding) tokens of ``trainer.train()``."""
     from accelerate.state import AcceleratorState
 
     # Each pipeline has its own precision; accelerate keeps one global state per process unless reset.
     AcceleratorState._reset_state(reset_partial_state=True)
     trainer = trainer_cls(model=model, args=args, train_dataset=train, data_collator=collator, **trainer_kwargs)
     tokens = sum(len(ids) for ids in train["input_ids"]) * args.num_train_epochs
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     result = trainer.train()
-    seconds = time.perf_counter() - start
-    return {"seconds": seconds, "tokens": int(tokens), "tokens_per_s": tokens / seconds,
-            "train_loss": result.training_loss, "steps": trainer.state.global_step}  # fmt: skip
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return {"seconds": round(seconds, 2), "tokens": int(tokens), "tokens_per_s": round(tokens / seconds, 1),
+            "tokens_per_cpu_s": round(tokens / cpu, 1), "train_loss": round(result.training_loss, 4),
+            "steps": trainer.state.global_step}  # fmt: skip
 
 
 def eval_loss(model: Any, dataset: Any, collator: Any, batch_size: int = 4) -> float:
@@ -111,23 +113,36 @@ def eval_loss(model: Any, dataset: Any, collator: Any, batch_size: int = 4) -> f
     return total / count
 
 
+ABLATIONS = ("fast_attention", "sparse_dropout", "bf16_weights", "drop_padding_mask", "loss_positions_only",
+             "fused_cross_entropy", "fused_lora")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run the benchmark and print one JSON line."""
+    """Parse the options, run the benchmark with stdout kept for the JSON line, print it."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--json", action="store_true", help="print the JSON line only")
+    parser.add_argument("--json", action="store_true", help="print the JSON line only (the default output)")
     parser.add_argument("--n", type=int, default=32, help="training examples (first N of iCliniq gpt-4)")
     parser.add_argument("--eval-n", type=int, default=16, help="validation examples (the next ones)")
     parser.add_argument("--config", default=str(DEMO_CONFIG), help="the config 'ours' trains as")
+    parser.add_argument("--repeats", type=int, default=1, help="train each pipeline N times (report all, use best)")
     parser.add_argument("--skip-baseline", action="store_true", help="only (b), e.g. to compare settings")
+    parser.add_argument("--ablate", action="store_true", help="also train (b) with each FastTrainer speed-up off")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     opts = parser.parse_args(argv)
 
     if not DATA.exists():
-        result = {"skipped": f"shared data not found: {DATA}"}
-        print(json.dumps(result))
-        return result
+        result: dict[str, Any] = {"skipped": f"shared data not found: {DATA}"}
+    else:
+        with contextlib.redirect_stdout(sys.stderr):  # Trainer prints its metrics: keep stdout for the JSON
+            result = benchmark(opts)
+    print(json.dumps(result))
+    return result
 
+
+def benchmark(opts: argparse.Namespace) -> dict[str, Any]:
+    """Both pipelines on the same data, in one process; the result dict."""
     import torch
+    from datasets import Dataset
     from transformers import DataCollatorForSeq2Seq, Trainer, set_seed
 
     from alpacare.data import IGNORE_INDEX
@@ -137,14 +152,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     if opts.threads:
         torch.set_num_threads(opts.threads)
+    load_before = os.getloadavg()[0]
     config = load_config(opts.config)
     peak_fp32 = matmul_gflops(torch.float32)
     peak_bf16 = matmul_gflops(torch.bfloat16)
     peak = max(peak_fp32, peak_bf16)
 
     tokenizer = load_tokenizer(config.base_model)
-    from datasets import Dataset
-
     train = Dataset.from_list(load_examples(tokenizer, opts.n, 0, config.max_length))
     valid = Dataset.from_list(load_examples(tokenizer, opts.eval_n, opts.n, config.max_length))
     dynamic = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
@@ -156,21 +170,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                  warmup_steps=config.warmup_steps, weight_decay=config.weight_decay,
                  max_grad_norm=config.max_grad_norm, seed=config.seed)  # fmt: skip
     precision = training_precision(config.precision)
-    result: dict[str, Any] = {
-        "model": config.base_model,
-        "n_train": len(train),
-        "n_eval": len(valid),
-        "real_tokens": int(sum(len(x) for x in train["input_ids"])),
-        "threads": torch.get_num_threads(),
-        "matmul_fp32_gflops": round(peak_fp32, 1),
-        "matmul_bf16_gflops": round(peak_bf16, 1),
-        "matmul_peak_gflops": round(peak, 1),
-    }
-    with tempfile.TemporaryDirectory() as tmp:
-        set_seed(config.seed)
-        ours_model = build_model(config, dtype=model_dtype(config, precision))
-        n_params = sum(p.numel() for p in ours_model.get_base_model().parameters())
-        ours_args = make_args(
+
+    def fresh_model(dtype: str | None) -> Any:
+        set_seed(config.seed)  # the same LoRA initialization for every run
+        return build_model(config, dtype=dtype)
+
+    def train_ours(**fast_flags: bool) -> tuple[dict, Any]:
+        model = fresh_model(model_dtype(config, precision))
+        args = make_args(
             tmp,
             per_device_train_batch_size=config.per_device_train_batch_size,
             gradient_accumulation_steps=config.gradient_accumulation_steps,
@@ -178,57 +185,89 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             **optim,
             **precision,
         )
-        with ours_model.disable_adapter():
-            result["eval_loss_base"] = round(eval_loss(ours_model, valid, dynamic), 4)
-        ours = run(FastTrainer, ours_model, ours_args, train, dynamic)
-        ours["eval_loss"] = eval_loss(ours_model, valid, dynamic)
-        del ours_model
+        return run(FastTrainer, model, args, train, dynamic, **fast_flags), model
 
-        if not opts.skip_baseline:
-            set_seed(config.seed)
-            base_model = build_model(config, dtype=None)  # fp32
-            base_args = make_args(tmp, per_device_train_batch_size=1, gradient_accumulation_steps=8, **optim)
-            baseline = run(Trainer, base_model, base_args, train, padded)
-            baseline["eval_loss"] = eval_loss(base_model, valid, dynamic)
-            del base_model
+    def train_baseline() -> tuple[dict, Any]:
+        model = fresh_model(None)  # fp32
+        args = make_args(tmp, per_device_train_batch_size=1, gradient_accumulation_steps=8, **optim)
+        return run(Trainer, model, args, train, padded), model
 
-    tps = ours["tokens_per_s"]
-    result.update(
-        {
-            "n_params": n_params,
-            "tokens_per_s": round(tps, 1),
-            "mfu": round(4 * n_params * tps / (peak * 1e9), 3),
+    with tempfile.TemporaryDirectory() as tmp:
+        model = fresh_model(None)
+        n_params = sum(p.numel() for p in model.parameters() if not p.requires_grad)  # the base model's
+        with model.disable_adapter():
+            eval_base = eval_loss(model, valid, dynamic)
+        del model
+        ours_runs, base_runs = [], []
+        for _ in range(opts.repeats):  # interleaved, so slow phases of a shared machine hit both
+            stats, model = train_ours()
+            ours_runs.append(stats | {"eval_loss": round(eval_loss(model, valid, dynamic), 4)})
+            del model
+            if not opts.skip_baseline:
+                stats, model = train_baseline()
+                base_runs.append(stats | {"eval_loss": round(eval_loss(model, valid, dynamic), 4)})
+                del model
+        ablation = {}
+        if opts.ablate:
+            for flag in ABLATIONS:
+                ablation[f"no_{flag}"] = train_ours(**{flag: False})[0]["tokens_per_s"]
+            ablation["none"] = train_ours(**dict.fromkeys(ABLATIONS, False))[0]["tokens_per_s"]
+
+    def mfu(tokens_per_s: float) -> float:
+        return round(4 * n_params * tokens_per_s / (peak * 1e9), 3)
+
+    tps = max(r["tokens_per_s"] for r in ours_runs)
+    result: dict[str, Any] = {
+        "model": config.base_model,
+        "n_params": n_params,
+        "n_train": len(train),
+        "n_eval": len(valid),
+        "real_tokens": int(sum(len(x) for x in train["input_ids"])),
+        "threads": torch.get_num_threads(),
+        "loadavg_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "matmul_fp32_gflops": round(peak_fp32, 1),
+        "matmul_bf16_gflops": round(peak_bf16, 1),
+        "matmul_peak_gflops": round(peak, 1),
+        "tokens_per_s": tps,
+        "mfu": mfu(tps),
+        "eval_loss_base_model": round(eval_base, 4),
+        "eval_loss_ours": ours_runs[0]["eval_loss"],
+        "ours_settings": {
+            "trainer": "FastTrainer",
             "precision": "bf16" if precision["bf16"] else "fp16" if precision["fp16"] else "fp32",
-            "ours": {k: round(v, 4) if isinstance(v, float) else v for k, v in ours.items()},
-            "ours_settings": {
-                "trainer": "FastTrainer",
-                "batch": config.per_device_train_batch_size,
-                "grad_accum": config.gradient_accumulation_steps,
-                "sampling": config.train_sampling_strategy,
-                "lora": {
-                    "r": config.lora_r,
-                    "alpha": config.lora_alpha,
-                    "dropout": config.lora_dropout,
-                    "targets": list(config.target_modules),
-                },  # fmt: skip
-            },
+            "batch": config.per_device_train_batch_size,
+            "grad_accum": config.gradient_accumulation_steps,
+            "sampling": config.train_sampling_strategy,
+            "lora": {
+                "r": config.lora_r,
+                "alpha": config.lora_alpha,
+                "dropout": config.lora_dropout,
+                "targets": list(config.target_modules),
+                "lr": config.learning_rate,
+            },  # fmt: skip
+        },
+        "ours_runs": ours_runs,
+    }
+    if base_runs:
+        base_tps = max(r["tokens_per_s"] for r in base_runs)
+        result |= {
+            "baseline_tokens_per_s": base_tps,
+            "speedup": round(tps / base_tps, 2),
+            "baseline_mfu": mfu(base_tps),
+            "eval_loss_baseline": base_runs[0]["eval_loss"],
+            "baseline_settings": {
+                "trainer": "Trainer",
+                "precision": "fp32",
+                "batch": 1,
+                "grad_accum": 8,
+                "padding": f"max_length {BASELINE_MAX_LENGTH}",
+            },  # fmt: skip
+            "baseline_runs": base_runs,
         }
-    )
-    if not opts.skip_baseline:
-        btps = baseline["tokens_per_s"]
-        result.update(
-            {
-                "baseline_tokens_per_s": round(btps, 1),
-                "speedup": round(tps / btps, 2),
-                "baseline_mfu": round(4 * n_params * btps / (peak * 1e9), 3),
-                "baseline": {k: round(v, 4) if isinstance(v, float) else v for k, v in baseline.items()},
-                "eval_loss_baseline": round(baseline["eval_loss"], 4),
-                "eval_loss_ours": round(ours["eval_loss"], 4),
-            }
-        )
-    print(json.dumps(result))
+    if ablation:
+        result["ablation_tokens_per_s"] = ablation
     return result
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    main()

@@ -370,9 +370,11 @@ class TestFusedLora:
         weight, a, b = torch.randn(6, 8), torch.randn(2, 8, requires_grad=True), torch.randn(6, 2, requires_grad=True)
         base_bias = torch.randn(6) if bias else None
         torch.manual_seed(1)
+        fastpath.reset_dropout_streams()
         got = fastpath._lora_linear_function().apply(x, weight, base_bias, a, b, 0.5, 0.3)
         got_grads = torch.autograd.grad(got.square().sum(), (x, a, b))
         torch.manual_seed(1)
+        fastpath.reset_dropout_streams()
         keep = fastpath.bernoulli_keep_mask((15, 8), 0.3, torch.float32).view(3, 5, 8)  # the same draw
         assert (keep == 0).any()
         want = x @ weight.t() + 0.5 * ((x * keep) @ a.t()) @ b.t() + (base_bias if bias else 0)
