@@ -340,10 +340,12 @@ class _DropStream:
         # uniforms, ~3x cheaper than ``Tensor.geometric_`` (a scalar log per draw).
         u = torch.rand(self.POOL, device=self.device)
         gaps = u.neg_().log1p_().div_(self.log_q).floor_().long().add_(1)
-        start = self.offset if self.positions is None or not len(self.positions) else int(self.positions[-1])
-        new = torch.cumsum(gaps, 0).add_(start)
-        kept = self.positions[self.positions > self.offset] if self.positions is not None else new[:0]
-        self.positions = torch.cat([kept, new])
+        if self.positions is None:
+            self.positions = torch.cumsum(gaps, 0).add_(self.offset)
+            return
+        pending = int(torch.searchsorted(self.positions, self.offset, right=True))  # first not handed out
+        new = torch.cumsum(gaps, 0).add_(self.positions[-1])
+        self.positions = torch.cat([self.positions[pending:], new])
 
     def take(self, n: int) -> Any:
         """Indices in ``[0, n)`` of the dropped elements of the next ``n`` positions."""
@@ -531,7 +533,7 @@ def _lora_linear_function() -> type:
                 lora_grad = grad_hidden @ lora_a  # [T, in]
                 if dropped is not None:
                     lora_grad.view(-1)[dropped] = 0
-                grad_x = torch.addmm(lora_grad, g, weight).view(*grad.shape[:-1], weight.shape[1])
+                grad_x = lora_grad.addmm_(g, weight).view(*grad.shape[:-1], weight.shape[1])  # in place: no copy
             return grad_x, None, None, grad_a, grad_b, None, None
 
     return LoraLinearFunction
@@ -574,6 +576,66 @@ def _fused_lora_forward(layer: Any, original: Any) -> Any:
     return forward
 
 
+# RMSNorm classes computing exactly ``weight * (x.float() * rsqrt(mean(x²) + eps)).to(x.dtype)`` (Gemma's is not).
+RMS_NORM_CLASSES = frozenset({"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm"})
+
+
+@functools.cache
+def _rms_norm_function() -> type:
+    import torch
+
+    class RMSNormFunction(torch.autograd.Function):
+        """HF's Llama RMSNorm with a hand-written backward: ~10 passes over the activations instead of ~20.
+
+        Forward as HF: the mean square in fp32 (``vector_norm`` reads the bf16 input once, accumulating in
+        fp32), ``x·rstd`` in fp32, cast to the input dtype, times the weight. Backward: with u = x·rstd,
+        dx = rstd·du − x·(rstd³/H)·Σ(du·x), in fp32, cast back.
+        """
+
+        @staticmethod
+        def forward(ctx: Any, x: Any, weight: Any, eps: float) -> Any:
+            norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32)  # [..., 1]
+            rstd = torch.rsqrt(norm.square_().div_(x.shape[-1]).add_(eps))
+            normed = torch.mul(x, rstd).to(x.dtype)  # fp32 product, as HF's x.float() * rstd
+            ctx.save_for_backward(x, rstd, weight)
+            return weight * normed
+
+        @staticmethod
+        def backward(ctx: Any, grad: Any) -> tuple:
+            x, rstd, weight = ctx.saved_tensors
+            grad_x = grad_w = None
+            if ctx.needs_input_grad[0]:
+                du = (grad * weight).float()  # d loss / d (x·rstd), in fp32 as HF's cast backward gives it
+                dot = torch.mul(du, x).sum(dim=-1, keepdim=True)
+                coef = rstd.pow(3).mul_(dot).div_(x.shape[-1])
+                grad_x = du.mul_(rstd).addcmul_(x, coef, value=-1).to(x.dtype)
+            if ctx.needs_input_grad[1]:
+                normed = torch.mul(x, rstd).to(x.dtype)
+                grad_w = (grad * normed).reshape(-1, x.shape[-1]).sum(0, dtype=torch.float32).to(weight.dtype)
+            return grad_x, grad_w, None
+
+    return RMSNormFunction
+
+
+@contextlib.contextmanager
+def fused_rms_norms(model: Any) -> Iterator[int]:
+    """Give the model's Llama-style RMSNorm modules the ``RMSNormFunction`` forward while inside."""
+    patched = []
+    for module in model.modules():
+        if type(module).__name__ in RMS_NORM_CLASSES and hasattr(module, "variance_epsilon"):
+
+            def forward(hidden: Any, module: Any = module) -> Any:
+                return _rms_norm_function().apply(hidden, module.weight, module.variance_epsilon)
+
+            module.forward = forward
+            patched.append(module)
+    try:
+        yield len(patched)
+    finally:
+        for module in patched:
+            del module.forward
+
+
 @contextlib.contextmanager
 def fused_lora_linears(model: Any) -> Iterator[int]:
     """Give peft's LoRA ``Linear`` layers the ``addmm`` forward of ``_fused_lora_forward`` while inside."""
@@ -611,9 +673,9 @@ def _build_fast_trainer() -> type:
         A drop-in replacement: same arguments, same loss (token-mean cross entropy over shifted labels,
         normalized by ``num_items_in_batch`` under gradient accumulation). Each speed-up can be switched off with
         a keyword: ``fast_attention``, ``sparse_dropout``, ``bf16_weights``, ``drop_padding_mask``,
-        ``loss_positions_only``, ``fused_cross_entropy``, ``fused_lora``. Falls back to ``Trainer.compute_loss``
-        when a custom ``compute_loss_func`` or label smoothing is set, or when full logits must be returned for
-        ``compute_metrics``.
+        ``loss_positions_only``, ``fused_cross_entropy``, ``fused_lora``, ``fused_norm``. Falls back to
+        ``Trainer.compute_loss`` when a custom ``compute_loss_func`` or label smoothing is set, or when full
+        logits must be returned for ``compute_metrics``.
         """
 
         def __init__(
@@ -626,6 +688,7 @@ def _build_fast_trainer() -> type:
             loss_positions_only: bool = True,
             fused_cross_entropy: bool = True,
             fused_lora: bool = True,
+            fused_norm: bool = True,
             **kwargs: Any,
         ) -> None:
             super().__init__(*args, **kwargs)
@@ -636,6 +699,7 @@ def _build_fast_trainer() -> type:
             self.loss_positions_only = loss_positions_only
             self.fused_cross_entropy = fused_cross_entropy
             self.fused_lora = fused_lora
+            self.fused_norm = fused_norm
             self._head_cache: tuple[Any, ...] = ()
             self._fast_depth = 0
 
@@ -657,6 +721,7 @@ def _build_fast_trainer() -> type:
                     "fast_attention": stack.enter_context(_fast_attention_cm(model)) if self.fast_attention else False,
                     "sparse_dropout": stack.enter_context(sparse_lora_dropout(model)) if self.sparse_dropout else 0,
                     "fused_lora": stack.enter_context(fused_lora_linears(model)) if self.fused_lora else 0,
+                    "fused_norm": stack.enter_context(fused_rms_norms(model)) if self.fused_norm else 0,
                     "bf16_weights": stack.enter_context(bf16_frozen_weights(model))
                     if self.bf16_weights and cpu_autocast
                     else 0,

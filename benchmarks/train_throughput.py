@@ -114,7 +114,7 @@ def eval_loss(model: Any, dataset: Any, collator: Any, batch_size: int = 4) -> f
 
 
 ABLATIONS = ("fast_attention", "sparse_dropout", "bf16_weights", "drop_padding_mask", "loss_positions_only",
-             "fused_cross_entropy", "fused_lora")  # fmt: skip
+             "fused_cross_entropy", "fused_lora", "fused_norm")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -396,6 +396,31 @@ class TestFusedLora:
         torch.testing.assert_close(got, want)
 
 
+class TestFusedNorm:
+    @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+    def test_same_output_and_gradients_as_hf(self, dtype):
+        import torch
+        from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+        torch.manual_seed(0)
+        dt = getattr(torch, dtype)
+        norm = LlamaRMSNorm(16, eps=1e-5).to(dt)
+        torch.nn.init.normal_(norm.weight)
+        x = (torch.randn(3, 7, 16) * 3).to(dt).requires_grad_()
+        g = torch.randn(3, 7, 16).to(dt)
+        want = norm(x)
+        want_grads = torch.autograd.grad(want, (x, norm.weight), g)
+        with fastpath.fused_rms_norms(torch.nn.Sequential(norm)) as n:
+            assert n == 1
+            got = norm(x)
+            got_grads = torch.autograd.grad(got, (x, norm.weight), g)
+        assert "forward" not in vars(norm)
+        tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == "float32" else {"rtol": 2e-2, "atol": 2e-2}
+        torch.testing.assert_close(got, want, **tol)
+        for a, b in zip(got_grads, want_grads, strict=True):
+            torch.testing.assert_close(a, b, **tol)
+
+
 class TestTraining:
     def test_train_restores_the_model_and_lowers_the_loss(self, tmp_path):
         import torch
