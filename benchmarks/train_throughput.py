@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=1, help="train each pipeline N times (report all, use best)")
     parser.add_argument("--skip-baseline", action="store_true", help="only (b), e.g. to compare settings")
     parser.add_argument("--ablate", action="store_true", help="also train (b) with each FastTrainer speed-up off")
+    parser.add_argument("--off", default="", help="comma-separated FastTrainer speed-ups to switch off in (b)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     opts = parser.parse_args(argv)
 
@@ -200,7 +201,7 @@ def benchmark(opts: argparse.Namespace) -> dict[str, Any]:
         del model
         ours_runs, base_runs = [], []
         for _ in range(opts.repeats):  # interleaved, so slow phases of a shared machine hit both
-            stats, model = train_ours()
+            stats, model = train_ours(**dict.fromkeys(filter(None, opts.off.split(",")), False))
             ours_runs.append(stats | {"eval_loss": round(eval_loss(model, valid, dynamic), 4)})
             del model
             if not opts.skip_baseline:
