@@ -522,9 +522,10 @@ def ngram_matrix(sentences: Sequence[str], vocabulary: Sequence[str], sparse: bo
     rows, cols, vals = [], [], []
     for row, sentence in enumerate(sentences):
         hits = sorted(index[g] for g in ngrams(sentence) if g in index)
-        rows += [row] * len(hits)
-        cols += hits
-        vals += [1.0 / np.sqrt(len(hits))] * len(hits)
+        if hits:
+            rows += [row] * len(hits)
+            cols += hits
+            vals += [1.0 / np.sqrt(len(hits))] * len(hits)
     if sparse:
         from scipy.sparse import csr_matrix
 
