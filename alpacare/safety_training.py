@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,25 +90,28 @@ def _question(shared: Path, file: str, line: int, cache: dict[str, list[dict]]) 
     return cache[file][line]["instruction"]
 
 
-def referenced_examples(shared: Path, data_dir: Path = DATA_DIR) -> list[Example]:
-    """Our labels on sentences of the shared answers, with the texts read from ``shared`` (skipped if absent)."""
-    path = data_dir / "labeled_refs.jsonl"
+def _shared_answers(shared: Path, path: Path) -> Iterator[tuple[dict, str, str, str]]:
+    """``(label row, answer text, question, group)`` for each row of ``path`` whose shared file exists."""
     if not shared.is_dir() or not path.exists():
-        return []
+        return
     cache: dict[str, list[dict]] = {}
-    out = []
     for ref in read_jsonl(path):
         source = shared / ref["file"]
         if not source.exists():
             continue
         cache.setdefault(ref["file"], read_jsonl(source))
         answer = cache[ref["file"]][ref["line"]][ref["field"]] or ""
-        text = answer[ref["start"] : ref["end"]]
-        if sentence_sha1(text) != ref["sha1"]:
-            continue
         prompt = _question(shared, ref["file"], ref["line"], cache)
-        group = f"{ref['file']}:{ref['line']}:{ref['field']}"
-        out.append(Example(text, prompt, list(ref["labels"]), "shared", group, {"answer": answer}))
+        yield ref, answer, prompt, f"{ref['file']}:{ref['line']}:{ref['field']}"
+
+
+def referenced_examples(shared: Path, data_dir: Path = DATA_DIR) -> list[Example]:
+    """Our labels on sentences of the shared answers, with the texts read from ``shared`` (skipped if absent)."""
+    out = []
+    for ref, answer, prompt, group in _shared_answers(shared, data_dir / "labeled_refs.jsonl"):
+        text = answer[ref["start"] : ref["end"]]
+        if sentence_sha1(text) == ref["sha1"]:  # a changed text is skipped, never mislabeled
+            out.append(Example(text, prompt, list(ref["labels"]), "shared", group, {"answer": answer}))
     return out
 
 
@@ -115,21 +119,10 @@ def answer_examples(shared: Path, data_dir: Path = DATA_DIR) -> list[Example]:
     """Our labels on whole shared answers (``labeled_answers.jsonl``), texts read from ``shared`` (if present)."""
     from alpacare.safety import split_sentences
 
-    path = data_dir / "labeled_answers.jsonl"
-    if not shared.is_dir() or not path.exists():
-        return []
-    cache: dict[str, list[dict]] = {}
     out = []
-    for ref in read_jsonl(path):
-        source = shared / ref["file"]
-        if not source.exists():
-            continue
-        cache.setdefault(ref["file"], read_jsonl(source))
-        answer = cache[ref["file"]][ref["line"]][ref["field"]] or ""
+    for ref, answer, prompt, group in _shared_answers(shared, data_dir / "labeled_answers.jsonl"):
         if sentence_sha1(answer) != ref["sha1"]:
             continue
-        prompt = _question(shared, ref["file"], ref["line"], cache)
-        group = f"{ref['file']}:{ref['line']}:{ref['field']}"
         unsure = ref.get("unsure", {})
         for i, (start, end) in enumerate(split_sentences(answer)):
             labels = list(ref["labels"].get(str(i), []))
