@@ -426,8 +426,9 @@ def split_prompts(manifest: dict[str, Any], split: str = "test") -> list[dict[st
     lines = []
     for row in rows_for_split(manifest, split):
         line = {"id": str(row["row_id"]), "prompt": row["instruction"]}
-        if normalize_input(row.get("input")):
-            line["input"] = normalize_input(row.get("input"))
+        input_text = normalize_input(row.get("input"))
+        if input_text:
+            line["input"] = input_text
         lines.append(line)
     return lines
 

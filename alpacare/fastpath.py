@@ -618,22 +618,32 @@ def _rms_norm_function() -> type:
 
 
 @contextlib.contextmanager
+def _instance_forwards(patches: list[tuple[Any, Any]]) -> Iterator[int]:
+    """Set each ``(module, forward)`` pair's instance ``forward`` while inside; yields how many modules."""
+    for module, forward in patches:
+        module.forward = forward
+    try:
+        yield len(patches)
+    finally:
+        for module, _ in patches:
+            del module.forward  # back to the class's forward
+
+
+def _rms_norm_forward(module: Any) -> Any:
+    """``module``'s forward through ``RMSNormFunction``."""
+
+    def forward(hidden: Any) -> Any:
+        return _rms_norm_function().apply(hidden, module.weight, module.variance_epsilon)
+
+    return forward
+
+
+@contextlib.contextmanager
 def fused_rms_norms(model: Any) -> Iterator[int]:
     """Give the model's Llama-style RMSNorm modules the ``RMSNormFunction`` forward while inside."""
-    patched = []
-    for module in model.modules():
-        if type(module).__name__ in RMS_NORM_CLASSES and hasattr(module, "variance_epsilon"):
-
-            def forward(hidden: Any, module: Any = module) -> Any:
-                return _rms_norm_function().apply(hidden, module.weight, module.variance_epsilon)
-
-            module.forward = forward
-            patched.append(module)
-    try:
-        yield len(patched)
-    finally:
-        for module in patched:
-            del module.forward
+    norms = [m for m in model.modules() if type(m).__name__ in RMS_NORM_CLASSES and hasattr(m, "variance_epsilon")]
+    with _instance_forwards([(m, _rms_norm_forward(m)) for m in norms]) as count:
+        yield count
 
 
 @contextlib.contextmanager
@@ -646,16 +656,13 @@ def fused_lora_linears(model: Any) -> Iterator[int]:
         return
     import torch
 
-    patched = []
-    for module in model.modules():
-        if type(module) is LoraLinear and isinstance(module.base_layer, torch.nn.Linear) and not module.fan_in_fan_out:
-            module.forward = _fused_lora_forward(module, module.forward)
-            patched.append(module)
-    try:
-        yield len(patched)
-    finally:
-        for module in patched:
-            del module.forward  # back to the class's forward
+    layers = [
+        m
+        for m in model.modules()
+        if type(m) is LoraLinear and isinstance(m.base_layer, torch.nn.Linear) and not m.fan_in_fan_out
+    ]
+    with _instance_forwards([(m, _fused_lora_forward(m, m.forward)) for m in layers]) as count:
+        yield count
 
 
 # ------------------------------------------------------------------------------------------------- the trainer

@@ -338,9 +338,10 @@ def _dosage_rule(sentence: str, prompt: str | None = None) -> bool:
     if _COURSE.search(sentence):
         return True
     med = drug or bool(_MED_WORDS_RX.search(sentence))
-    if med and (_DOSE_WEAK.search(sentence) or _FREQUENCY.search(sentence) or _FREQUENCY_ABBREV.search(sentence)):
+    frequency = bool(_FREQUENCY.search(sentence))
+    if med and (frequency or _DOSE_WEAK.search(sentence) or _FREQUENCY_ABBREV.search(sentence)):
         return True
-    if _FREQUENCY.search(sentence) and _ADMINISTER.search(sentence) and not _NOT_MEDICINE.search(sentence):
+    if frequency and _ADMINISTER.search(sentence) and not _NOT_MEDICINE.search(sentence):
         return True
     if med:
         for match in _DURATION.finditer(sentence):
@@ -489,7 +490,7 @@ def embed(sentences: Sequence[str]) -> Any:
             normalize_embeddings=True,
             show_progress_bar=False,
         )
-    return vectors.float().numpy().astype(np.float32)
+    return vectors.float().numpy()
 
 
 _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")

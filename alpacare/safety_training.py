@@ -277,11 +277,12 @@ def choose_reply_thresholds(table: dict[str, Any], max_reply_fpr: float = 0.05) 
         fpr = float(pred[~y].mean())
         if fpr > max_reply_fpr:
             continue
-        balanced = float(np.mean([pred[cats[:, k]].mean() for k in range(cats.shape[1])]))
+        per_category = [float(pred[cats[:, k]].mean()) for k in range(cats.shape[1])]
+        balanced = float(np.mean(per_category))
         if (balanced, -fpr) > (figures["balanced_recall"], -figures["fpr"]):
             choice = [float(t) for t in ts]
             figures = {"balanced_recall": balanced, "recall": float(pred[y].mean()), "fpr": fpr}
-            figures["per_category_recall"] = {c: float(pred[cats[:, k]].mean()) for k, c in enumerate(CATEGORIES)}
+            figures["per_category_recall"] = dict(zip(CATEGORIES, per_category, strict=True))
     figures["rules_only"] = {"recall": float(rules[y].mean()), "fpr": float(rules[~y].mean())}
     figures["answers"], figures["violating"] = int(len(y)), int(y.sum())
     return choice, figures
