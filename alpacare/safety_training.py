@@ -19,8 +19,9 @@ Training data (``alpacare/safety_data/``):
   gave, which are left out of training for that category and out of choosing thresholds.
   No answer to a question of ``safety_dev.jsonl`` is in either file: that set is for measuring only.
 
-Thresholds are chosen on out-of-fold predictions over this training data (never on the dev set) and folded into
-the biases, so 0.5 is every head's threshold at inference.
+Per category, a logistic regression (embedding + cues + n-grams) and a one-layer MLP (embedding + cues + embedding
+after a personal question) are averaged. Thresholds are chosen on out-of-fold predictions of that average over this
+training data (never on the dev set) and shipped with the head.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from alpacare.safety import CLASSIFIER_CATEGORIES as CATEGORIES
-from alpacare.safety import HEAD_PATH, features, ngrams, personal_context
+from alpacare.safety import HEAD_PATH, features, generic_adherence, mlp_inputs, ngrams, personal_context
 
 DATA_DIR = Path(__file__).with_name("safety_data")
 WRITTEN_FILES = ("diagnosis", "prescription", "dosage", "decision_rule", "safe", "context")
@@ -131,6 +132,18 @@ def answer_examples(shared: Path, data_dir: Path = DATA_DIR) -> list[Example]:
     return out
 
 
+def apply_conventions(examples: list[Example]) -> list[Example]:
+    """Labels as the checker judges them: "take your medications as prescribed" (no medicine named) is not a
+    prescription (see ``safety.generic_adherence``); the two annotators split on it (17 labeled, 14 not)."""
+    out = []
+    for e in examples:
+        if "prescription" in e.labels + e.extra.get("unsure", []) and generic_adherence(e.text):
+            extra = {**e.extra, "unsure": [c for c in e.extra.get("unsure", []) if c != "prescription"]}
+            e = Example(e.text, e.prompt, [c for c in e.labels if c != "prescription"], e.source, e.group, extra)
+        out.append(e)
+    return out
+
+
 def build_vocabulary(examples: list[Example], min_count: int = 3) -> list[str]:
     """N-grams seen in at least ``min_count`` training sentences, sorted."""
     from collections import Counter
@@ -172,6 +185,24 @@ def fit_logistic(x: Any, y: Any, c: float, seed: int = 0, weights: Any = None) -
     return model.fit(x, y, sample_weight=weights)
 
 
+MLP_HIDDEN = 256  # one hidden layer; 512 measured +0.006 out-of-fold reply recall (seed noise) at twice the size
+
+
+def fit_mlp(x: Any, y: Any, hidden: int, seed: int = 0, weights: Any = None) -> Any:
+    """One small MLP (ReLU, Adam, L2 1e-3, early stopping on 10 % of the rows) on ``mlp_inputs`` rows."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+
+    model = MLPClassifier(
+        hidden_layer_sizes=(hidden,), alpha=1e-3, max_iter=60, early_stopping=len(y) >= 200, random_state=seed
+    )
+    with warnings.catch_warnings():  # 60 epochs is the budget (early stopping usually ends sooner), not an error
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return model.fit(x, y, sample_weight=weights)
+
+
 def trainable(examples: list[Example], category: str) -> list[int]:
     """Rows that teach ``category``: its positives and the sentences known to be free of it.
 
@@ -186,8 +217,13 @@ def trainable(examples: list[Example], category: str) -> list[int]:
     ]
 
 
-def out_of_fold(examples: list[Example], x: Any, y: Any, c: float, folds: int = 5, seed: int = 0) -> Any:
-    """Out-of-fold probabilities, shape ``(n, 2)``, folds grouped by answer (NaN where a head did not train)."""
+def out_of_fold(
+    examples: list[Example], x: Any, y: Any, c: float, folds: int = 5, seed: int = 0, mlp: Any = None, hidden: int = 0
+) -> Any:
+    """Out-of-fold probabilities, shape ``(n, 2)``, folds grouped by answer (NaN where a head did not train).
+
+    With ``mlp`` (its inputs) and ``hidden``, each fold also trains an MLP and the two probabilities are averaged.
+    """
     import numpy as np
     from sklearn.model_selection import GroupKFold
 
@@ -196,8 +232,12 @@ def out_of_fold(examples: list[Example], x: Any, y: Any, c: float, folds: int = 
     for k, category in enumerate(CATEGORIES):
         rows = np.array(trainable(examples, category))
         for train, test in GroupKFold(n_splits=folds).split(rows, groups=groups[rows]):
-            model = fit_logistic(x[rows[train]], y[rows[train], k], c, seed, sample_weights(examples, rows[train]))
+            weights = sample_weights(examples, rows[train])
+            model = fit_logistic(x[rows[train]], y[rows[train], k], c, seed, weights)
             probs[rows[test], k] = model.predict_proba(x[rows[test]])[:, 1]
+            if mlp is not None and hidden:
+                net = fit_mlp(mlp[rows[train]], y[rows[train], k], hidden, seed, weights)
+                probs[rows[test], k] = (probs[rows[test], k] + net.predict_proba(mlp[rows[test]])[:, 1]) / 2
     return probs
 
 
@@ -295,17 +335,22 @@ def fit_head(
     seed: int = 0,
     min_count: int = 3,
     max_reply_fpr: float | None = None,
+    mlp_hidden: int = MLP_HIDDEN,
 ) -> dict[str, Any]:
-    """Fit the heads, choose thresholds out of fold, fold them into the biases; return the head arrays.
+    """Fit the heads (logistic regression, plus an MLP averaged with it unless ``mlp_hidden`` is 0), choose the
+    thresholds out of fold; return the head arrays (``safety.classify`` applies the thresholds).
 
     With ``max_reply_fpr`` (and shared answers to measure on), thresholds maximize the out-of-fold reply recall
     at that reply false-positive rate; otherwise each head gets the sentence threshold of ``max_fpr``.
     """
     import numpy as np
 
+    examples = apply_conventions(examples)
     vocabulary = build_vocabulary(examples, min_count) if min_count else []
     x, y = design_matrix(examples, vocabulary), targets(examples)
-    probs = out_of_fold(examples, x, y, c, seed=seed)
+    personal = [personal_context(e.prompt, e.extra.get("answer", e.text)) for e in examples]
+    mlp = mlp_inputs(x, personal) if mlp_hidden else None
+    probs = out_of_fold(examples, x, y, c, seed=seed, mlp=mlp, hidden=mlp_hidden)
     clean = np.array([not e.labels for e in examples])  # sentences that violate nothing at all
     reply: dict[str, Any] = {}
     if max_reply_fpr is not None and any(e.source == "shared" for e in examples):
@@ -313,30 +358,39 @@ def fit_head(
     else:
         thresholds = choose_thresholds(probs, clean, max_fpr)
     thresholds = [min(max(t, 1e-4), 1 - 1e-6) for t in thresholds]  # finite logits (an "off" head stays off)
-    weights, biases = [], []
+    head: dict[str, Any] = {"weights": [], "bias": []}
+    nets = []
     for k, category in enumerate(CATEGORIES):
         rows = trainable(examples, category)
-        model = fit_logistic(x[rows], y[rows, k], c, seed, sample_weights(examples, rows))
-        shift = np.log(thresholds[k] / (1 - thresholds[k]))  # p >= t  <=>  logit - logit(t) >= 0
-        weights.append(model.coef_[0])
-        biases.append(model.intercept_[0] - shift)
-    return {
-        "weights": np.array(weights, dtype=np.float32),
-        "bias": np.array(biases, dtype=np.float32),
-        "categories": np.array(CATEGORIES),
-        "vocabulary": np.array(vocabulary, dtype=str),
-        "thresholds": np.array(thresholds, dtype=np.float32),
-        "oof_probs": probs,
-        "y": y,
-        "clean": clean,
-        "reply_oof": reply,
-    }
+        weights = sample_weights(examples, rows)
+        model = fit_logistic(x[rows], y[rows, k], c, seed, weights)
+        head["weights"].append(model.coef_[0])
+        head["bias"].append(model.intercept_[0])
+        if mlp is not None:
+            nets.append(fit_mlp(mlp[rows], y[rows, k], mlp_hidden, seed, weights))
+    head = {name: np.array(values, dtype=np.float32) for name, values in head.items()}
+    if nets:
+        head["mlp_w1"] = np.stack([n.coefs_[0] for n in nets]).astype(np.float32)  # (2, d, hidden)
+        head["mlp_b1"] = np.stack([n.intercepts_[0] for n in nets]).astype(np.float32)  # (2, hidden)
+        head["mlp_w2"] = np.stack([n.coefs_[1][:, 0] for n in nets]).astype(np.float32)  # (2, hidden)
+        head["mlp_b2"] = np.array([n.intercepts_[1][0] for n in nets], dtype=np.float32)  # (2,)
+    head.update(
+        categories=np.array(CATEGORIES),
+        vocabulary=np.array(vocabulary, dtype=str),
+        thresholds=np.array(thresholds, dtype=np.float32),
+        oof_probs=probs,
+        y=y,
+        clean=clean,
+        reply_oof=reply,
+    )
+    return head
 
 
 def save_head(head: dict[str, Any], path: Path = HEAD_PATH) -> Path:
-    """Write the inference arrays (weights, bias, categories, thresholds) as a compressed npz."""
+    """Write the inference arrays (models, categories, vocabulary, thresholds) as a compressed npz."""
     import numpy as np
 
-    keep = {k: head[k] for k in ("weights", "bias", "categories", "vocabulary", "thresholds")}
+    names = ("weights", "bias", "mlp_w1", "mlp_b1", "mlp_w2", "mlp_b2", "categories", "vocabulary", "thresholds")
+    keep = {k: head[k] for k in names if k in head}
     np.savez_compressed(path, **keep)
     return path

@@ -125,3 +125,65 @@ class TestWeights:
     def test_written_sentences_weigh_more(self):
         examples = [st.Example("a", None, [], "shared"), st.Example("b", None, [], "written:safe")]
         assert list(st.sample_weights(examples, [0, 1])) == [1.0, st.WRITTEN_WEIGHT]
+
+
+class TestConventions:
+    def test_taking_what_was_prescribed_loses_its_prescription_label(self):
+        examples = [
+            st.Example("Take your medications as prescribed.", None, ["prescription"], "shared", "a"),
+            st.Example("Take ibuprofen as directed.", None, ["prescription"], "shared", "a"),
+            st.Example("Keep taking your meds as directed.", None, [], "shared", "b", {"unsure": ["prescription"]}),
+        ]
+        out = st.apply_conventions(examples)
+        assert [e.labels for e in out] == [[], ["prescription"], []]
+        assert out[2].extra["unsure"] == []
+        assert examples[0].labels == ["prescription"]  # the input is not modified
+
+
+class TestFitHead:
+    """A small head on a sample of our written sentences (the real encoder), saved and read back by the checker."""
+
+    @pytest.fixture(scope="class")
+    def fitted(self, tmp_path_factory):
+        import random
+
+        examples = random.Random(0).sample(st.written_examples(), 300)
+        head = st.fit_head(examples, min_count=3, max_fpr=0.05, mlp_hidden=16)
+        path = st.save_head(head, tmp_path_factory.mktemp("head") / "head.npz")
+        return examples, head, path
+
+    def test_saved_arrays(self, fitted):
+        _, head, path = fitted
+        with np.load(path) as saved:
+            assert set(saved.files) == {
+                "weights", "bias", "mlp_w1", "mlp_b1", "mlp_w2", "mlp_b2", "categories", "vocabulary", "thresholds"
+            }  # fmt: skip
+            d = saved["weights"].shape[1]
+            assert saved["mlp_w1"].shape == (2, 384 + 6 + 384, 16) and d == 384 + 6 + 2 * len(saved["vocabulary"])
+
+    def test_checker_ensemble_matches_a_numpy_reference(self, fitted, monkeypatch):
+        from alpacare import safety
+
+        examples, head, path = fitted
+        monkeypatch.setattr(safety, "HEAD_PATH", path)
+        texts = [e.text for e in examples[:40]]
+        personal = [safety.personal_context(e.prompt, e.text) for e in examples[:40]]
+        x = safety.features(texts, personal, head["vocabulary"])
+        m = safety.mlp_inputs(x, personal)
+        lr = 1 / (1 + np.exp(-(x @ head["weights"].T + head["bias"])))
+        hidden = np.maximum(0, np.einsum("nd,kdh->knh", m, head["mlp_w1"]) + head["mlp_b1"][:, None, :])
+        mlp = 1 / (1 + np.exp(-(np.einsum("knh,kh->nk", hidden, head["mlp_w2"]) + head["mlp_b2"])))
+        expected = (lr + mlp) / 2
+        np.testing.assert_allclose(safety.head_probabilities(head, x, personal), expected, rtol=1e-4, atol=1e-5)
+        scores = safety.classify(texts, personal)
+        np.testing.assert_array_equal(scores >= 0.5, expected >= head["thresholds"])
+
+    def test_the_head_learns_its_training_sentences(self, fitted):
+        examples, head, _ = fitted
+        probs, y = head["oof_probs"], head["y"]
+        for k in range(2):
+            seen = ~np.isnan(probs[:, k])
+            positives, negatives = probs[seen & (y[:, k] == 1), k], probs[seen & (y[:, k] == 0), k]
+            # Out of fold, a violating sentence outranks a clean one most of the time (AUC well above chance).
+            auc = (positives[:, None] > negatives[None, :]).mean()
+            assert auc > 0.8, (st.CATEGORIES[k], auc)

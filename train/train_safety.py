@@ -3,10 +3,10 @@
     . .venv/bin/activate && HF_HUB_OFFLINE=1 python train/train_safety.py --shared ../shared/data
 
 Reads the sentences in ``alpacare/safety_data/`` (ours) plus our labels on shared answers (texts read from
-``--shared``; skipped when that folder is absent), fits one logistic regression per classifier category
-(diagnosis, prescription) on MiniLM embeddings + cue features + word n-grams, picks the thresholds that give the
-best out-of-fold reply recall at a reply false-positive rate of ``--max-reply-fpr`` on our labeled answers (never
-on ``safety_dev.jsonl``), and prints the out-of-fold figures as one JSON line.
+``--shared``; skipped when that folder is absent), fits per classifier category (diagnosis, prescription) a logistic
+regression on MiniLM embeddings + cue features + word n-grams and averages it with a small MLP, picks the
+thresholds that give the best out-of-fold reply recall at a reply false-positive rate of ``--max-reply-fpr`` on our
+labeled answers (never on ``safety_dev.jsonl``), and prints the out-of-fold figures as one JSON line.
 """
 
 from __future__ import annotations
@@ -16,7 +16,14 @@ import json
 from pathlib import Path
 
 from alpacare.safety import CLASSIFIER_CATEGORIES, HEAD_PATH
-from alpacare.safety_training import answer_examples, fit_head, referenced_examples, save_head, written_examples
+from alpacare.safety_training import (
+    MLP_HIDDEN,
+    answer_examples,
+    fit_head,
+    referenced_examples,
+    save_head,
+    written_examples,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,6 +42,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--max-fpr", type=float, default=0.02, help="sentence FPR per head, used only without shared answers"
     )
+    parser.add_argument(
+        "--mlp-hidden",
+        type=int,
+        default=MLP_HIDDEN,
+        help="hidden units of the MLP averaged with each regression (0: none)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -46,6 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
         seed=args.seed,
         min_count=args.min_count,
         max_reply_fpr=args.max_reply_fpr,
+        mlp_hidden=args.mlp_hidden,
     )
     save_head(head, args.output)
     probs, y = head["oof_probs"], head["y"]
