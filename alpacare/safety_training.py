@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,28 @@ def written_examples(data_dir: Path = DATA_DIR, seed: int = 0) -> list[Example]:
             for kind in ("personal", "general") if context == "any" else (context,):
                 prompt = rng.choice(pools[kind])
                 out.append(Example(row["text"], prompt, list(row["labels"]), f"written:{name}", f"{name}:{i}"))
+    return out
+
+
+def _tokens(text: str) -> frozenset[str]:
+    return frozenset(re.findall(r"\w+", text.lower()))
+
+
+def near_duplicates(
+    texts: list[str], held_out: list[str], threshold: float = 0.5, min_tokens: int = 6
+) -> list[tuple[str, str, float]]:
+    """``(text, held-out sentence, Jaccard)`` for each text of at least ``min_tokens`` words whose word set
+    overlaps a held-out sentence by ``threshold`` or more: the guard that keeps the measuring set out of the
+    sentences we write (a set-overlap check, no library needed for a few hundred by a few thousand short sets)."""
+    held = [(s, _tokens(s)) for s in held_out]
+    out = []
+    for text in texts:
+        words = _tokens(text)
+        if len(words) < min_tokens:
+            continue
+        best = max(((s, len(words & t) / len(words | t)) for s, t in held), key=lambda p: p[1], default=None)
+        if best and best[1] >= threshold:
+            out.append((text, best[0], round(best[1], 3)))
     return out
 
 

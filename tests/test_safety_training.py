@@ -187,3 +187,20 @@ class TestFitHead:
             # Out of fold, a violating sentence outranks a clean one most of the time (AUC well above chance).
             auc = (positives[:, None] > negatives[None, :]).mean()
             assert auc > 0.8, (st.CATEGORIES[k], auc)
+
+
+class TestHeldOut:
+    def test_near_duplicates_uses_word_overlap(self):
+        held = ["It sounds like you have a urinary tract infection."]
+        found = st.near_duplicates(["It sounds like you have a bladder infection.", "Drink water."], held)
+        assert [(t, s) for t, s, _ in found] == [("It sounds like you have a bladder infection.", held[0])]
+        assert st.near_duplicates(["Malaria is spread by the bite of infected mosquitoes."], held) == []
+
+    def test_no_written_sentence_copies_the_measuring_set(self, safety_dev):
+        """No sentence or question we wrote is a near-copy of one in ``safety_dev.jsonl`` (word-set Jaccard < 0.5)."""
+        held = [r["response"][s:e] for r in safety_dev for s, e in split_sentences(r["response"])]
+        rows = [row for name in st.WRITTEN_FILES for row in st.read_jsonl(st.DATA_DIR / f"{name}.jsonl")]
+        texts = sorted({row["text"] for row in rows})
+        assert st.near_duplicates(texts, held) == []
+        questions = [r["question"] for r in safety_dev]
+        assert st.near_duplicates([r["prompt"] for r in st.read_jsonl(st.DATA_DIR / "prompts.jsonl")], questions) == []
