@@ -619,14 +619,26 @@ def _rms_norm_function() -> type:
 
 @contextlib.contextmanager
 def _instance_forwards(patches: list[tuple[Any, Any]]) -> Iterator[int]:
-    """Set each ``(module, forward)`` pair's instance ``forward`` while inside; yields how many modules."""
+    """Set each ``(module, forward)`` pair's instance ``forward`` while inside; yields how many modules.
+
+    On exit each module gets back what it had (the class's forward, or an instance forward another library set,
+    e.g. an accelerate hook); one that already dropped our forward (a library that restores its own on
+    teardown) is left as it is.
+    """
+    _missing = object()
+    saved = [module.__dict__.get("forward", _missing) for module, _ in patches]
     for module, forward in patches:
         module.forward = forward
     try:
         yield len(patches)
     finally:
-        for module, _ in patches:
-            del module.forward  # back to the class's forward
+        for (module, forward), before in zip(patches, saved, strict=True):
+            if module.__dict__.get("forward") is not forward:
+                continue
+            if before is _missing:
+                del module.forward  # back to the class's forward
+            else:
+                module.forward = before
 
 
 def _rms_norm_forward(module: Any) -> Any:
@@ -639,10 +651,29 @@ def _rms_norm_forward(module: Any) -> Any:
 
 
 @contextlib.contextmanager
+def _kernelize_on_hold(model: Any) -> Iterator[None]:
+    """Keep transformers from re-kernelizing ``model`` while inside.
+
+    With the ``kernels`` package installed, transformers (5.2x) turns hub kernels on by default and re-runs
+    ``kernelize`` on every ``train()``/``eval()`` switch; ``kernelize`` pops the instance ``forward`` of every
+    kernel-capable layer (RMSNorm among them), which silently dropped our fused norm after the first step. No
+    public switch holds it for a while, so the flag ``use_kernels`` reads is cleared here and set back on exit.
+    """
+    held = [m for m in model.modules() if getattr(m, "_use_kernels", False)]
+    for m in held:
+        m._use_kernels = False
+    try:
+        yield
+    finally:
+        for m in held:
+            m._use_kernels = True
+
+
+@contextlib.contextmanager
 def fused_rms_norms(model: Any) -> Iterator[int]:
     """Give the model's Llama-style RMSNorm modules the ``RMSNormFunction`` forward while inside."""
     norms = [m for m in model.modules() if type(m).__name__ in RMS_NORM_CLASSES and hasattr(m, "variance_epsilon")]
-    with _instance_forwards([(m, _rms_norm_forward(m)) for m in norms]) as count:
+    with _kernelize_on_hold(model), _instance_forwards([(m, _rms_norm_forward(m)) for m in norms]) as count:
         yield count
 
 

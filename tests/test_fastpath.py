@@ -420,6 +420,29 @@ class TestFusedNorm:
         for a, b in zip(got_grads, want_grads, strict=True):
             torch.testing.assert_close(a, b, **tol)
 
+    def test_survives_train_eval_switches_with_hub_kernels_on(self):
+        """transformers re-kernelizes on train()/eval() when hub kernels are on, and that pops instance forwards."""
+        model = _tiny_llama()
+        model._use_kernels = True  # what from_pretrained/from_config default to when `kernels` is installed
+        norms = [m for m in model.modules() if type(m).__name__ == "LlamaRMSNorm"]
+        with fastpath.fused_rms_norms(model) as n:
+            assert n == len(norms) == 5 and not model.use_kernels
+            ours = [vars(m)["forward"] for m in norms]
+            model.eval()
+            model.train()
+            assert [vars(m).get("forward") for m in norms] == ours
+        assert model.use_kernels and all("forward" not in vars(m) for m in norms)
+
+    def test_restores_an_instance_forward_set_by_someone_else(self):
+        import torch
+
+        norm = torch.nn.Module()
+        norm.variance_epsilon, norm.weight = 1e-6, torch.nn.Parameter(torch.ones(4))
+        theirs = norm.forward = lambda x: x  # e.g. an accelerate hook
+        with fastpath._instance_forwards([(norm, lambda x: 2 * x)]):
+            assert norm.forward(1) == 2
+        assert norm.forward is theirs
+
 
 class TestTraining:
     def test_train_restores_the_model_and_lowers_the_loss(self, tmp_path):
