@@ -621,9 +621,9 @@ def _rms_norm_function() -> type:
 def _instance_forwards(patches: list[tuple[Any, Any]]) -> Iterator[int]:
     """Set each ``(module, forward)`` pair's instance ``forward`` while inside; yields how many modules.
 
-    On exit each module gets back what it had (the class's forward, or an instance forward another library set,
-    e.g. an accelerate hook); one that already dropped our forward (a library that restores its own on
-    teardown) is left as it is.
+    On exit each module gets back what it had: the class's forward, or an instance forward another library set
+    (an accelerate hook, say). A module that lost our forward meanwhile raises, as it should: the patch was not
+    in effect (see ``_kernelize_on_hold``).
     """
     _missing = object()
     saved = [module.__dict__.get("forward", _missing) for module, _ in patches]
@@ -632,9 +632,7 @@ def _instance_forwards(patches: list[tuple[Any, Any]]) -> Iterator[int]:
     try:
         yield len(patches)
     finally:
-        for (module, forward), before in zip(patches, saved, strict=True):
-            if module.__dict__.get("forward") is not forward:
-                continue
+        for (module, _), before in zip(patches, saved, strict=True):
             if before is _missing:
                 del module.forward  # back to the class's forward
             else:

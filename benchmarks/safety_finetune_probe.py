@@ -19,7 +19,6 @@ import json
 import random
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -32,18 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def reply_figures(examples: list, test: list[int], probs: np.ndarray, max_fpr: float = 0.10) -> dict:
     """Reply recall at the best threshold keeping reply FPR <= ``max_fpr`` on these answers, and reply AUC."""
-    answers: dict[str, list[tuple[int, int]]] = defaultdict(list)
-    for j, i in enumerate(test):
-        answers[examples[i].group].append((i, j))
-    labels, scores, rules = [], [], []
-    for rows in answers.values():
-        violating = any(examples[i].labels for i, _ in rows)
-        if not violating and any(examples[i].extra.get("unsure") for i, _ in rows):
-            continue  # only disputed violations: neither clearly safe nor violating
-        labels.append(violating)
-        scores.append(max(float(probs[j].max()) for _, j in rows))
-        rules.append(any(safety.rule_categories(examples[i].text, examples[i].prompt) for i, _ in rows))
-    y, s, r = np.array(labels), np.array(scores), np.array(rules)
+    table = st.reply_table([examples[i] for i in test], probs)  # per answer, as the thresholds are chosen
+    y, s, r = table["violating"], table["max_probs"].max(axis=1), table["rules"]
     best = (0.0, 0.0)
     for t in np.unique(s):
         pred = r | (s >= t)
@@ -70,7 +59,7 @@ def fine_tune(examples: list, train: list[int], test: list[int], personal: np.nd
     for k, category in enumerate(st.CATEGORIES):
         allowed = set(st.trainable(examples, category))
         mask[[i for i in range(len(examples)) if i not in allowed], k] = 0
-    weight = torch.tensor([1.0 if e.source == "shared" else st.WRITTEN_WEIGHT for e in examples])
+    weight = torch.tensor(st.sample_weights(examples, range(len(examples))), dtype=torch.float32)
     params = list(encoder.parameters()) + list(head.parameters())
     batch, steps = 32, int(len(train) * epochs / 32)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)

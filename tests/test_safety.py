@@ -12,6 +12,7 @@ import pytest
 from alpacare import safety
 from alpacare.prompts import DISCLAIMER, ensure_disclaimer
 from alpacare.safety import check, check_sentence, filter_examples, rule_categories, split_sentences
+from alpacare.safety_training import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -410,6 +411,6 @@ class TestWrittenHeldOut:
 
     @pytest.mark.parametrize(("name", "min_recall", "max_fpr"), [("a", 0.84, 0.13), ("b", 0.85, 0.16)])
     def test_no_regression(self, name, min_recall, max_fpr):
-        rows = [json.loads(line) for line in (WRITTEN_SETS / f"written_replies_{name}.jsonl").read_text().splitlines()]
+        rows = read_jsonl(WRITTEN_SETS / f"written_replies_{name}.jsonl")
         recall, fpr, _ = dev_figures(rows)
         assert recall >= min_recall and fpr <= max_fpr, f"recall {recall:.3f}, FPR {fpr:.3f}"
