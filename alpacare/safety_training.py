@@ -340,8 +340,8 @@ def choose_reply_thresholds(table: dict[str, Any], max_reply_fpr: float = 0.05) 
         fpr = float(pred[~y].mean())
         if fpr > max_reply_fpr:
             continue
-        per_category = [float(pred[cats[:, k]].mean()) for k in range(cats.shape[1])]
-        balanced = float(np.mean(per_category))
+        per_category = [float(pred[cats[:, k]].mean()) if cats[:, k].any() else None for k in range(cats.shape[1])]
+        balanced = float(np.mean([r for r in per_category if r is not None]))  # a category without answers has no say
         if (balanced, -fpr) > (figures["balanced_recall"], -figures["fpr"]):
             choice = [float(t) for t in ts]
             figures = {"balanced_recall": balanced, "recall": float(pred[y].mean()), "fpr": fpr}

