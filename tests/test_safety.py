@@ -153,6 +153,42 @@ class TestDecisionRules:
         assert "decision_rule" not in rule_categories(sentence)
 
 
+class TestEmbed:
+    """The packed encoder call (a reply's sentences in one sequence) gives each sentence its own embedding."""
+
+    SENTENCES = [
+        "Rest and drink plenty of fluids.",
+        "This sounds like a sinus infection that needs antibiotics.",
+        "Ok.",
+        "A fever that lasts more than three days, or a stiff neck with a headache, needs a doctor's attention today.",
+    ]
+
+    def test_same_as_one_sentence_at_a_time(self):
+        import numpy as np
+
+        packed = safety.embed(self.SENTENCES)
+        alone = np.vstack([safety.embed([s]) for s in self.SENTENCES])
+        assert packed.shape == (4, safety.EMBED_DIM)
+        assert np.allclose(np.linalg.norm(packed, axis=1), 1.0, atol=1e-4)
+        # Without the block-diagonal mask and restarted positions a packed sentence drifts to cosine ~0.8.
+        assert (packed * alone).sum(axis=1).min() >= 0.995
+
+    def test_packs_split_at_the_token_budget(self):
+
+        model = safety.load_encoder()
+        import torch
+
+        with torch.inference_mode():
+            one_pack = safety._embed_packed(model, self.SENTENCES).numpy()
+            many_packs = safety._embed_packed(model, self.SENTENCES, max_tokens=16).numpy()  # each alone
+        assert (one_pack * many_packs).sum(axis=1).min() >= 0.995
+
+    def test_bulk_path_agrees_with_packed_path(self):
+
+        bulk = safety.embed(self.SENTENCES * 20)[:4]  # > 64 sentences: sentence-transformers' batches
+        assert (bulk * safety.embed(self.SENTENCES)).sum(axis=1).min() >= 0.995
+
+
 class TestClassifier:
     """Sentences written for the tests (not in the training data); the verdicts come from the shipped head."""
 
