@@ -550,9 +550,12 @@ def _embed_packed(model: Any, sentences: Sequence[str], max_tokens: int = 512) -
         lengths = torch.tensor([len(x) for x in ids[start:end]])
         segment = torch.repeat_interleave(torch.arange(end - start), lengths)
         tokens = torch.tensor([t for x in ids[start:end] for t in x])[None]
+        # Additive, not boolean: a 4-D mask reaches the attention as given, and eager attention adds it to the scores.
+        blocked = torch.finfo(encoder.dtype).min
+        mask = torch.where(segment[:, None] == segment[None, :], 0.0, blocked).to(encoder.dtype)[None, None]
         hidden = encoder(
             input_ids=tokens,
-            attention_mask=(segment[:, None] == segment[None, :])[None, None],  # a sentence sees only itself
+            attention_mask=mask,  # a sentence sees only itself
             position_ids=torch.cat([torch.arange(n) for n in lengths.tolist()])[None],
             token_type_ids=torch.zeros_like(tokens),
         ).last_hidden_state[0]

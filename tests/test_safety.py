@@ -163,7 +163,16 @@ class TestEmbed:
         "A fever that lasts more than three days, or a stiff neck with a headache, needs a doctor's attention today.",
     ]
 
-    def test_same_as_one_sentence_at_a_time(self):
+    @pytest.fixture(params=["sdpa", "eager"])
+    def attention(self, request):
+        """Both attention implementations: they take a 4-D mask differently (eager adds it to the scores)."""
+        encoder = safety.load_encoder()[0].auto_model
+        before = encoder.config._attn_implementation
+        encoder.set_attn_implementation(request.param)
+        yield request.param
+        encoder.set_attn_implementation(before)
+
+    def test_same_as_one_sentence_at_a_time(self, attention):
         import numpy as np
 
         packed = safety.embed(self.SENTENCES)
