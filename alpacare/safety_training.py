@@ -341,10 +341,12 @@ def choose_reply_thresholds(table: dict[str, Any], max_reply_fpr: float = 0.05) 
         if fpr > max_reply_fpr:
             continue
         per_category = [float(pred[cats[:, k]].mean()) if cats[:, k].any() else None for k in range(cats.shape[1])]
-        balanced = float(np.mean([r for r in per_category if r is not None]))  # a category without answers has no say
+        present = [r for r in per_category if r is not None]  # a category without answers has no say
+        balanced = float(np.mean(present)) if present else 0.0
         if (balanced, -fpr) > (figures["balanced_recall"], -figures["fpr"]):
             choice = [float(t) for t in ts]
-            figures = {"balanced_recall": balanced, "recall": float(pred[y].mean()), "fpr": fpr}
+            recall = float(pred[y].mean()) if y.any() else 0.0
+            figures = {"balanced_recall": balanced, "recall": recall, "fpr": fpr}
             figures["per_category_recall"] = dict(zip(CATEGORIES, per_category, strict=True))
     figures["rules_only"] = {"recall": float(rules[y].mean()), "fpr": float(rules[~y].mean())}
     figures["answers"], figures["violating"] = int(len(y)), int(y.sum())

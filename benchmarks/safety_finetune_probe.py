@@ -1,6 +1,6 @@
 """Probe: does fine-tuning MiniLM end to end help the safety head? (an experiment, not part of the checker)
 
-    . .venv/bin/activate && HF_HUB_OFFLINE=1 python benchmarks/safety_finetune_probe.py --json   # ~20 min a fold
+    . .venv/bin/activate && HF_HUB_OFFLINE=1 python benchmarks/safety_finetune_probe.py --json   # ~15-20 min a fold
 
 On grouped folds of our labeled real answers (``../shared/data``; skipped when absent) it trains the shipped
 recipe (frozen MiniLM + regression/MLP head) and a fine-tuned MiniLM (mean pooling, a linear layer on
@@ -11,8 +11,10 @@ choose (``choose_reply_thresholds``: per-category thresholds, best balanced reca
 ``recall_one_threshold`` (one threshold on the highest probability), and the reply AUC. Thresholds are chosen
 on the held-out answers themselves, alike for every method, so the figures compare rankings.
 
-Measured 2026-12-05 (LoRA r16 on layers 3-5, 2 epochs, lr 5e-4, ~10 min a fold here; head probabilities out of
-fold from the training script's cross-validation; folds 0-2, 1,974 answers, thresholds as above):
+Measured 2026-12-05 with this recipe (LoRA r16 on layers 3-5, 2 epochs, lr 5e-4: ~10 min of fine-tuning a fold
+here) in an experiment script that took the head's probabilities from the training script's own out-of-fold
+cross-validation, where this script refits the head on the other folds (its head row can differ by a point);
+folds 0-2, 1,974 answers, thresholds as above:
 | method | recall | FPR | reply AUC |
 |---|---|---|---|
 | frozen MiniLM + regression/MLP head (shipped) | 0.848 | 0.096 | 0.943 |
@@ -22,11 +24,11 @@ fold from the training script's cross-validation; folds 0-2, 1,974 answers, thre
 On fold 0 alone the average did not help (0.814 vs head 0.823), although with one threshold it had looked like
 +0.04 (full fine-tune, 0.876 vs 0.834): single-operating-point figures on one fold swing by several points. The
 gain is small but consistent in AUC (+0.004); it would cost a second encoder pass per check. Applied to
-safety_dev (measuring only: the adapter trained on all our data, weights and thresholds from the folds above) it
-traded false positives for recall instead of improving both: 0.5/0.5 gave recall 0.95 / FPR 0.21 and 0.85/0.15
-gave 0.90 / 0.15, against the shipped head's 0.875 / 0.121. A likely cause, not measured: the adapter trained
-on all the data (23 % more steps) is more confident than the fold adapters the thresholds came from, so a
-shipped version would need thresholds calibrated to it.
+safety_dev (measuring only: an adapter trained the same way on all our data by that experiment script, weights and
+thresholds from the folds above) it traded false positives for recall instead of improving both: 0.5/0.5 gave recall
+0.95 / FPR 0.21 and 0.85/0.15 gave 0.90 / 0.15, against the shipped head's 0.875 / 0.121. A likely cause, not
+measured: the adapter trained on all the data (23 % more steps) is more confident than the fold adapters the
+thresholds came from, so a shipped version would need thresholds calibrated to it.
 """
 
 from __future__ import annotations

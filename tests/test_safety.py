@@ -172,29 +172,52 @@ class TestEmbed:
         yield request.param
         encoder.set_attn_implementation(before)
 
-    def test_same_as_one_sentence_at_a_time(self, attention):
+    def test_same_as_sentence_transformers_one_at_a_time(self, attention):
         import numpy as np
-
-        packed = safety.embed(self.SENTENCES)
-        alone = np.vstack([safety.embed([s]) for s in self.SENTENCES])
-        assert packed.shape == (4, safety.EMBED_DIM)
-        assert np.allclose(np.linalg.norm(packed, axis=1), 1.0, atol=1e-4)
-        # Without the block-diagonal mask and restarted positions a packed sentence drifts to cosine ~0.8.
-        assert (packed * alone).sum(axis=1).min() >= 0.995
-
-    def test_packs_split_at_the_token_budget(self):
-
-        model = safety.load_encoder()
         import torch
 
+        model = safety.load_encoder()
+        assert model[1].get_config_dict()["pooling_mode"] == "mean"  # the pooling the packed path does by hand
+        with torch.inference_mode():
+            alone = np.vstack(
+                [model.encode([s], normalize_embeddings=True).astype(np.float32) for s in self.SENTENCES]
+            )
+        packed = safety.embed(self.SENTENCES)
+        assert packed.shape == (4, safety.EMBED_DIM)
+        assert np.allclose(np.linalg.norm(packed, axis=1), 1.0, atol=1e-5)
+        # If the packed sentences could see each other (no mask, or a boolean mask under eager attention), the
+        # cosine falls to 0.5-0.8.
+        alone /= np.linalg.norm(alone, axis=1, keepdims=True)
+        assert (packed * alone).sum(axis=1).min() >= 0.995
+
+    def test_packs_split_at_the_token_budget(self, monkeypatch):
+        import torch
+
+        model = safety.load_encoder()
+        encoder = model[0].auto_model
+        calls = []
+        forward = encoder.forward
+
+        def counting(*args, **kwargs):
+            calls.append(kwargs["input_ids"].shape[1])
+            return forward(*args, **kwargs)
+
+        monkeypatch.setattr(encoder, "forward", counting)
         with torch.inference_mode():
             one_pack = safety._embed_packed(model, self.SENTENCES).numpy()
-            many_packs = safety._embed_packed(model, self.SENTENCES, max_tokens=16).numpy()  # each alone
+            assert len(calls) == 1
+            calls.clear()
+            # 9, 13, 4 and 27 tokens: packs are contiguous and no neighbours fit in 16 tokens together, so each
+            # sentence goes alone (the 27-token one too: a sentence over the budget still gets its own call).
+            many_packs = safety._embed_packed(model, self.SENTENCES, max_tokens=16).numpy()
+        assert calls == [9, 13, 4, 27]
         assert (one_pack * many_packs).sum(axis=1).min() >= 0.995
 
     def test_bulk_path_agrees_with_packed_path(self):
+        import numpy as np
 
         bulk = safety.embed(self.SENTENCES * 20)[:4]  # > 64 sentences: sentence-transformers' batches
+        assert np.allclose(np.linalg.norm(bulk, axis=1), 1.0, atol=1e-5)
         assert (bulk * safety.embed(self.SENTENCES)).sum(axis=1).min() >= 0.995
 
 

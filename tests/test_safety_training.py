@@ -120,6 +120,21 @@ class TestReplyThresholds:
         _, figures = st.choose_reply_thresholds(table, max_reply_fpr=0.0)
         assert figures["per_category_recall"]["diagnosis"] == 1.0
 
+    def test_a_category_without_answers_has_no_say(self):
+        table = self.table()
+        table["violating"][2:4] = False  # no prescription answers left: 2 violating, 4 clean
+        table["by_category"][:, 1] = False
+        thresholds, figures = st.choose_reply_thresholds(table, max_reply_fpr=0.25)
+        assert figures["per_category_recall"] == {"diagnosis": 1.0, "prescription": None}
+        assert figures["recall"] == 1.0 and figures["fpr"] == 0.25
+
+    def test_no_violating_answers_still_chooses(self):
+        table = self.table()
+        table["violating"][:] = False
+        table["by_category"][:] = False
+        thresholds, figures = st.choose_reply_thresholds(table, max_reply_fpr=0.0)
+        assert figures["recall"] == 0.0 and figures["fpr"] == 0.0 and len(thresholds) == 2
+
 
 class TestWeights:
     def test_written_sentences_weigh_more(self):
