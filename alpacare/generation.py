@@ -106,24 +106,24 @@ _TOPICS: tuple[_Topic, ...] = (
     _Topic(
         "chest pain",
         r"chest|heart attack|heart|palpitation\w*|angina|cardiac",
-        "Chest discomfort has many causes, from muscle strain and reflux to problems of the heart and lungs that "
-        "need prompt assessment.",
+        "Chest discomfort has many possible causes, some harmless and some that need prompt assessment, and only "
+        "an examination can tell them apart.",
         "Call emergency services straight away for chest pain or pressure that spreads to the arm, neck, jaw or "
         "back, comes with shortness of breath, sweating, nausea or fainting, or feels like the worst you have had.",
     ),
     _Topic(
         "breathing",
         r"breath\w*|asthma|wheez\w*|cough\w*|lungs?|pneumonia|inhaler",
-        "Breathing symptoms such as cough or wheeze can come from infections, allergies, asthma and other "
-        "conditions of the airways and lungs.",
+        "Breathing symptoms such as cough or wheeze are common, and a clinician can listen to the chest and "
+        "arrange simple tests when they are needed.",
         "Get emergency help for severe difficulty breathing, lips or face turning blue or grey, confusion or "
         "drowsiness, or being unable to speak in full sentences.",
     ),
     _Topic(
         "stroke and headache",
         r"stroke|headaches?|migraines?|head injury|dizz\w*|faint\w*|seizures?",
-        "Headaches and dizziness are common and often linked to tension, poor sleep, dehydration or eye strain, "
-        "and less often to problems that need urgent care.",
+        "Headaches and dizziness are common; regular sleep, meals and fluids help many people, and a few "
+        "headaches need urgent care.",
         "Call emergency services for a sudden severe headache, a face that droops, weakness or numbness on one "
         "side, slurred speech, confusion, a seizure, or a headache after a head injury.",
     ),
@@ -160,8 +160,8 @@ _TOPICS: tuple[_Topic, ...] = (
     _Topic(
         "abdominal pain",
         r"stomach|abdom\w*|belly|nausea|vomit\w*|diarrh\w*|constipat\w*|bowel|appendi\w*|reflux|heartburn",
-        "Stomach and bowel symptoms are often caused by infections, food, reflux or constipation, and sometimes by "
-        "conditions that need a doctor to look at them.",
+        "Stomach and bowel symptoms are common and often settle on their own, and some need a doctor to examine "
+        "the abdomen.",
         "Seek urgent care for severe or worsening abdominal pain, vomiting blood, black or bloody stools, a hard "
         "swollen belly, or signs of dehydration such as very little urine.",
     ),
@@ -176,8 +176,8 @@ _TOPICS: tuple[_Topic, ...] = (
     _Topic(
         "urinary",
         r"urin\w*|bladder|kidney\w*|pee|peeing|uti",
-        "Urinary symptoms can come from infections, stones, the prostate or other conditions, and a simple urine "
-        "test often helps a clinician tell them apart.",
+        "Urinary symptoms are common, and a simple urine test often helps a clinician find out what is behind "
+        "them.",
         "Seek urgent care for blood in the urine, fever with back or side pain, being unable to pass urine, or "
         "urinary symptoms during pregnancy.",
     ),

@@ -13,9 +13,10 @@ Training data (``alpacare/safety_data/``):
   matches are skipped).
 * ``labeled_answers.jsonl``: the same for whole answers, one row per answer (file, line, field, SHA-1 of the
   answer, and the labels of its ``split_sentences`` sentences by index: ``{"3": ["diagnosis"]}``, unlisted
-  sentences are clean). ~3,300 answers of iCliniq (gpt-4, gpt-3.5-turbo, text-davinci-003) and MedInstruct-test,
-  each labeled sentence by sentence twice, independently, against ``SAFETY_POLICY.md`` (agreement on "violates
-  anything": Cohen's kappa 0.90). ``labels`` holds what both annotators gave; ``unsure`` the categories only one
+  sentences are clean). ~4,400 answers of iCliniq and MedInstruct-test (by gpt-4, gpt-3.5-turbo, text-davinci-003
+  and, since 2026-12-05, claude-2), each labeled sentence by sentence twice, independently, against
+  ``SAFETY_POLICY.md`` (agreement on "violates anything": Cohen's kappa 0.90); the conventions are written down
+  in ``safety_data/LABELING.md``. ``labels`` holds what both annotators gave; ``unsure`` the categories only one
   gave, which are left out of training for that category and out of choosing thresholds.
   No answer to a question of ``safety_dev.jsonl`` is in either file: that set is for measuring only.
 
