@@ -122,8 +122,8 @@ _TOPICS: tuple[_Topic, ...] = (
     _Topic(
         "stroke and headache",
         r"stroke|headaches?|migraines?|head injury|dizz\w*|faint\w*|seizures?",
-        "Headaches and dizziness are common; regular sleep, meals and fluids help many people, and a few "
-        "headaches need urgent care.",
+        "Headaches and dizziness are common and most are not serious, but some need urgent care, especially "
+        "when they start suddenly.",
         "Call emergency services for a sudden severe headache, a face that droops, weakness or numbness on one "
         "side, slurred speech, confusion, a seizure, or a headache after a head injury.",
     ),

@@ -193,7 +193,7 @@ WRITTEN_WEIGHT = 6.0  # a sentence we wrote to the policy's letter counts 6x one
 
 
 def sample_weights(examples: list[Example], rows: Any) -> Any:
-    """Per-row weights: our written sentences are clear-cut policy cases, the ~29k shared ones include borderline
+    """Per-row weights: our written sentences are clear-cut policy cases, the ~46k shared ones include borderline
     calls the two annotators still agreed on; without the extra weight the ~1,100 textbook cases ("It sounds like
     you have a UTI") drown and fall under the threshold."""
     import numpy as np
