@@ -26,9 +26,10 @@ On fold 0 alone the average did not help (0.814 vs head 0.823), although with on
 gain is small but consistent in AUC (+0.004); it would cost a second encoder pass per check. Applied to
 safety_dev (measuring only: an adapter trained the same way on all our data by that experiment script, weights and
 thresholds from the folds above) it traded false positives for recall instead of improving both: 0.5/0.5 gave recall
-0.95 / FPR 0.21 and 0.85/0.15 gave 0.90 / 0.15, against 0.875 / 0.121 for the head shipped then (before the Claude-2 data). A likely cause, not
-measured: the adapter trained on all the data (23 % more steps) is more confident than the fold adapters the
-thresholds came from, so a shipped version would need thresholds calibrated to it.
+0.95 / FPR 0.21 and 0.85/0.15 gave 0.90 / 0.15, against 0.875 / 0.121 for the head shipped then (before the
+Claude-2 data). A likely cause, not measured: the adapter trained on all the data (23 % more steps) is more
+confident than the fold adapters the thresholds came from, so a shipped version would need thresholds calibrated
+to it.
 """
 
 from __future__ import annotations
