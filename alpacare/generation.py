@@ -176,8 +176,7 @@ _TOPICS: tuple[_Topic, ...] = (
     _Topic(
         "urinary",
         r"urin\w*|bladder|kidney\w*|pee|peeing|uti",
-        "Urinary symptoms are common, and a simple urine test often helps a clinician find out what is behind "
-        "them.",
+        "Urinary symptoms are common, and a simple urine test often helps a clinician find out what is behind them.",
         "Seek urgent care for blood in the urine, fever with back or side pain, being unable to pass urine, or "
         "urinary symptoms during pregnancy.",
     ),
