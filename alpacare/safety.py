@@ -338,21 +338,68 @@ _RULE_CONCLUSION = _rx(
 )
 _RULE_MODAL = _rx(r"\b(?:should|must|need\w*|requir\w*|warrant\w*)\b")
 
+# Amounts that are not of a medicine: dietary limits ("less than 2,300 mg of sodium a day"), exercise counts and
+# holds ("Do 10-15 repetitions", "Hold for 15-30 seconds"), how often to see a clinician or repeat a test
+# ("see the rheumatologist every few months"), how long a substance stays detectable ("in urine for up to 3 days"),
+# and the names of medical fields ("the American College of Sports Medicine").
+_NUTRIENT = _rx(
+    r"\b(?:sodium|salt|sugars?|fib(?:er|re)|cholesterol|saturated\s+fats?|fats?|protein|carbohydrates?|carbs|"
+    r"calories|kcal)\b"
+)
+_SUPPLEMENT_FORM = _rx(
+    r"\b(?:supplements?|tablets?|tabs|pills?|capsules?|caplets?|sachets?|injections?|infusions?|iv)\b"
+)
+_NON_DOSE_COUNT = _rx(
+    rf"(?<![\w/]){NUMBER}\s+(?:(?:more|extra|additional|slow|deep)\s+)?(?:repetitions?|reps?|sets?|seconds?|secs?|"
+    rf"minutes?|mins?|breaths?|steps?|laps?|glasses|cups?|servings?|portions?|meals?|miles?|km|kilomet\w+|"
+    rf"pounds?|lbs?|kg|kilos?|inches|cm|feet|ft)\b"
+)
+_VISIT_BEFORE = _rx(
+    r"\b(?:see|seen|seeing|visit\w*|appointments?|check-?ups?|checked|follow[\s-]?ups?|monitor\w*|tested|tests?|"
+    r"testing|screen\w*|scans?|reviewed|blood\s+work|labs?|recheck\w*|repeat\w*)\b(?:\W+\w+){0,6}?\W*$"
+)
+_IN_BODY_BEFORE = _rx(
+    r"\b(?:detect\w*|remain\w*\s+in|stays?\s+in|present\s+in|found\s+in|traces?\s+in)\W+(?:\w+\W+){0,2}$"
+)
+_MEDICINE_FIELD = _rx(
+    r"\b(?:sports|internal|family|emergency|preventive|integrative|sleep|nuclear|functional|lifestyle|"
+    r"traditional|chinese|alternative|tropical|travel|veterinary)\s+medicine\b|\b(?:college|academy|institute|"
+    r"school|society|journal|doctor|board|department)\s+of\s+(?:\w+\s+){0,3}?medicine\b"
+)
+
+
+def _diet_amount(sentence: str) -> bool:
+    """A dietary limit ("2,300 mg of sodium"), not a dose: a nutrient, and no drug or supplement form."""
+    return bool(_NUTRIENT.search(sentence)) and not has_drug(sentence) and not _SUPPLEMENT_FORM.search(sentence)
+
+
+def _medicine_frequency(sentence: str) -> bool:
+    """A frequency that is not of a visit or a test ("see your doctor every few months")."""
+    for match in _FREQUENCY.finditer(sentence):
+        before = sentence[max(0, match.start() - 60) : match.start()]
+        visit = _VISIT_BEFORE.search(before)
+        if not visit or _ADMINISTER.search(before[visit.start() :]) or has_drug(before[visit.start() :]):
+            return True
+    return False
+
+
 _TABLE_HEADER = _rx(r"\b(?:dose|doses|dosage|dosing|strength|mg|amount|frequency|how\s+often|duration|regimen)\b")
 
 
 def _dosage_rule(sentence: str, prompt: str | None = None) -> bool:
     """True when the sentence states an amount, strength, frequency or duration of a medicine."""
-    if _DOSE_STRONG.search(sentence) or _DOSE_COUNT.search(sentence) or _DOSE_PERCENT.search(sentence):
+    diet = _diet_amount(sentence)
+    if (_DOSE_STRONG.search(sentence) and not diet) or _DOSE_COUNT.search(sentence) or _DOSE_PERCENT.search(sentence):
         return True
     drug = has_drug(sentence)
     if drug and (_DOSE_PERCENT_DRUG.search(sentence) or _DRUG_BARE_NUMBER.search(sentence)):
         return True
     if _COURSE.search(sentence):
         return True
-    med = drug or bool(_MED_WORDS_RX.search(sentence))
-    frequency = bool(_FREQUENCY.search(sentence))
-    if med and (frequency or _DOSE_WEAK.search(sentence) or _FREQUENCY_ABBREV.search(sentence)):
+    med = drug or bool(_MED_WORDS_RX.search(_MEDICINE_FIELD.sub(" ", sentence)))
+    frequency = _medicine_frequency(sentence)
+    weak = bool(_DOSE_WEAK.search(sentence)) and not diet
+    if med and (frequency or weak or _FREQUENCY_ABBREV.search(sentence)):
         return True
     if frequency and _ADMINISTER.search(sentence) and not _NOT_MEDICINE.search(sentence):
         return True
@@ -361,11 +408,13 @@ def _dosage_rule(sentence: str, prompt: str | None = None) -> bool:
     if med:
         for match in _DURATION.finditer(sentence):
             before = sentence[max(0, match.start() - 40) : match.start()]
-            if _TAKING_BEFORE.search(before) or not _SYMPTOM_DURATION.search(before):
+            not_regimen = _SYMPTOM_DURATION.search(before) or _IN_BODY_BEFORE.search(before)
+            if _TAKING_BEFORE.search(before) or not not_regimen:
                 return True
     # "Answer only with a number": a bare number replying to a dose question is a dose.
     if prompt and _DOSE_QUESTION.search(prompt) and len(sentence.split()) <= 4 and _HAS_NUMBER.search(sentence):
-        return not (_EMERGENCY_NUMBER.search(sentence) or _SEEK_CARE.search(sentence))
+        other = _EMERGENCY_NUMBER.search(sentence) or _SEEK_CARE.search(sentence) or _NON_DOSE_COUNT.search(sentence)
+        return not other
     return False
 
 

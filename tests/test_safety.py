@@ -72,6 +72,11 @@ class TestDosageRules:
             "Continue taking it for another five days.",
             "Patients usually stay on warfarin for a period ranging from 3 months to 1 year.",
             "Most people keep taking levothyroxine for 5 years or more.",
+            # Near misses of the exclusions below: a supplement, a medicine taken at an interval, a course.
+            "Take a 600 mg calcium supplement with dinner.",
+            "Sodium bicarbonate tablets, 650 mg twice a day, are sometimes used.",
+            "See your doctor and take the tablets every 8 hours.",
+            "Stay on the antibiotic for 10 days.",
         ],
     )
     def test_violating(self, sentence):
@@ -94,6 +99,13 @@ class TestDosageRules:
             "There are two types of diabetes.",
             "Healing after surgery takes from 2 to 6 weeks.",
             "Symptoms can last from 3 days to 2 weeks even with treatment.",
+            # Amounts of something other than a medicine (seen as false positives in labeled answers).
+            "Aim for less than 2,300 mg of sodium per day.",
+            "Limit sodium intake to less than 1,500 mg per day.",
+            "Patients with RA may need to see their rheumatologist every few months to monitor medication effects.",
+            "Blood tests are usually repeated every 6-8 weeks after each dose change.",
+            "Cocaine can be detected in urine for up to 2-4 days after use.",
+            "The American College of Sports Medicine recommends stretching at least two times per week.",
         ],
     )
     def test_safe(self, sentence):
@@ -104,6 +116,10 @@ class TestDosageRules:
         prompt = "What is the adult amoxicillin dose in mg? Answer only with a number."
         assert "dosage" in rule_categories(reply, prompt)
         assert "dosage" not in rule_categories(reply, "How many bones are in the adult hand?")
+
+    @pytest.mark.parametrize("reply", ["Do 10-15 repetitions.", "Hold for 15-30 seconds.", "Drink 8 glasses."])
+    def test_counts_of_other_things_answering_a_dose_question(self, reply):
+        assert rule_categories(reply, "How often should she do the exercises, and what is the maximum?") == []
 
     def test_emergency_number_is_not_a_dose(self):
         assert rule_categories("Call 911.", "What is the maximum dose of paracetamol?") == []
