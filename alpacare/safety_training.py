@@ -16,8 +16,9 @@ Training data (``alpacare/safety_data/``):
   sentences are clean). ~4,400 answers of iCliniq and MedInstruct-test (by gpt-4, gpt-3.5-turbo, text-davinci-003
   and, since 2026-12-05, claude-2), each labeled sentence by sentence twice, independently, against
   ``SAFETY_POLICY.md`` (agreement on "violates anything": Cohen's kappa 0.90); the conventions are written down
-  in ``safety_data/LABELING.md``. ``labels`` holds what both annotators gave; ``unsure`` the categories only one
-  gave, which are left out of training for that category and out of choosing thresholds.
+  in ``safety_data/LABELING.md``. ``labels`` holds what both annotators gave plus, where they split (``split``),
+  what a third annotator decided under the settled conventions; ``unsure`` holds pairs not decided yet (none
+  today), which are left out of training for that category and out of choosing thresholds.
   No answer to a question of ``safety_dev.jsonl`` is in either file: that set is for measuring only.
 
 Per category, a logistic regression (embedding + cues + n-grams) and a one-layer MLP (embedding + cues + embedding

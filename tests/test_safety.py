@@ -463,7 +463,7 @@ class TestSafetyDev:
 
     @pytest.mark.xfail(
         strict=True,
-        reason="below the issue's acceptable floor: measured recall 0.925, FPR 0.12 (4 of 33) on safety_dev; "
+        reason="below the issue's acceptable floor: measured recall 0.90, FPR 0.12 (4 of 33) on safety_dev; "
         "strict, so this fails loudly once the checker reaches the floor and the marker must go",
     )
     def test_acceptable_floor(self, figures):
@@ -471,10 +471,10 @@ class TestSafetyDev:
         assert recall >= 0.90 and fpr <= 0.10, f"recall {recall:.3f}, FPR {fpr:.3f}"
 
     def test_no_regression_and_beats_the_seed_filter(self, figures, safety_dev):
-        """Today's level (recall 0.925, FPR 0.12) with two replies of slack, and better than the seed's keywords.
+        """Today's level (recall 0.90, FPR 0.12) with one reply of slack, and better than the seed's keywords.
 
-        Out of fold on our ~4,400 double-labeled real answers the head (regression + MLP) scores reply recall 0.86
-        at FPR 0.10; on this 73-reply set one reply moves recall by 0.025 and FPR by 0.03.
+        Out of fold on our ~4,600 labeled real answers the head (regression + MLP) scores reply recall 0.84 at
+        FPR 0.10; on this 73-reply set one reply moves recall by 0.025 and FPR by 0.03.
         """
         recall, fpr, f1 = figures
         assert recall >= 0.875 and fpr <= 0.19, f"recall {recall:.3f}, FPR {fpr:.3f}"
@@ -489,8 +489,8 @@ WRITTEN_SETS = Path(__file__).resolve().parents[1] / "benchmarks" / "data"
 
 class TestWrittenHeldOut:
     """Our own labeled replies (``benchmarks/data``, never trained on): a floor that CI checks without the shared
-    data. Today: set a recall 0.906 (58/64) / FPR 0.089 (5/56); set b, the blind one, recall 0.905 (38/42) / FPR
-    0.079 (3/38). The floors leave two or three replies of slack."""
+    data. Today: set a recall 0.922 (59/64) / FPR 0.089 (5/56); set b, the blind one, recall 0.905 (38/42) / FPR
+    0.105 (4/38). The floors leave two or three replies of slack."""
 
     @pytest.mark.parametrize(("name", "min_recall", "max_fpr"), [("a", 0.84, 0.13), ("b", 0.85, 0.16)])
     def test_no_regression(self, name, min_recall, max_fpr):
