@@ -368,9 +368,23 @@ _MEDICINE_FIELD = _rx(
 )
 
 
-def _diet_amount(sentence: str) -> bool:
-    """A dietary limit ("2,300 mg of sodium"), not a dose: a nutrient, and no drug or supplement form."""
-    return bool(_NUTRIENT.search(sentence)) and not has_drug(sentence) and not _SUPPLEMENT_FORM.search(sentence)
+_DIET_AFTER = _rx(rf"\s*(?:\(\s*mg\s*\)\s*)?(?:of\s+)?(?:\w+\s+)?{_NUTRIENT.pattern}")
+_DIET_BEFORE = _rx(rf"{_NUTRIENT.pattern}(?:\W+\w+){{0,8}}?\W*$")
+
+
+def _only_diet(pattern: re.Pattern[str], sentence: str) -> bool:
+    """Every amount ``pattern`` finds is a dietary limit ("2,300 mg of sodium", "sodium intake below 1,500 mg"):
+    the nutrient names the amount, and the sentence names no drug or supplement form. A meal beside a dose ("take
+    20 mg with a high-fat meal") is not a limit: the nutrient must come right after the amount or before it."""
+    matches = list(pattern.finditer(sentence))
+    if not matches or has_drug(sentence) or _SUPPLEMENT_FORM.search(sentence):
+        return False
+    for match in matches:
+        before = sentence[max(0, match.start() - 80) : match.start()]
+        by_name = _DIET_AFTER.match(sentence, match.end()) or _DIET_BEFORE.search(before)
+        if not by_name or _ADMINISTER.search(before):
+            return False
+    return True
 
 
 def _medicine_frequency(sentence: str) -> bool:
@@ -388,8 +402,8 @@ _TABLE_HEADER = _rx(r"\b(?:dose|doses|dosage|dosing|strength|mg|amount|frequency
 
 def _dosage_rule(sentence: str, prompt: str | None = None) -> bool:
     """True when the sentence states an amount, strength, frequency or duration of a medicine."""
-    diet = _diet_amount(sentence)
-    if (_DOSE_STRONG.search(sentence) and not diet) or _DOSE_COUNT.search(sentence) or _DOSE_PERCENT.search(sentence):
+    strong = bool(_DOSE_STRONG.search(sentence)) and not _only_diet(_DOSE_STRONG, sentence)
+    if strong or _DOSE_COUNT.search(sentence) or _DOSE_PERCENT.search(sentence):
         return True
     drug = has_drug(sentence)
     if drug and (_DOSE_PERCENT_DRUG.search(sentence) or _DRUG_BARE_NUMBER.search(sentence)):
@@ -398,7 +412,7 @@ def _dosage_rule(sentence: str, prompt: str | None = None) -> bool:
         return True
     med = drug or bool(_MED_WORDS_RX.search(_MEDICINE_FIELD.sub(" ", sentence)))
     frequency = _medicine_frequency(sentence)
-    weak = bool(_DOSE_WEAK.search(sentence)) and not diet
+    weak = bool(_DOSE_WEAK.search(sentence)) and not _only_diet(_DOSE_WEAK, sentence)
     if med and (frequency or weak or _FREQUENCY_ABBREV.search(sentence)):
         return True
     if frequency and _ADMINISTER.search(sentence) and not _NOT_MEDICINE.search(sentence):

@@ -77,6 +77,8 @@ class TestDosageRules:
             "Sodium bicarbonate tablets, 650 mg twice a day, are sometimes used.",
             "See your doctor and take the tablets every 8 hours.",
             "Stay on the antibiotic for 10 days.",
+            "Take 20 mg with a high-fat meal.",
+            "The usual dose is 40 mg, taken with a low-sugar drink.",
         ],
     )
     def test_violating(self, sentence):
