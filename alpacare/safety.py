@@ -346,6 +346,8 @@ _NUTRIENT = _rx(
     r"\b(?:sodium|salt|sugars?|fib(?:er|re)|cholesterol|saturated\s+fats?|fats?|protein|carbohydrates?|carbs|"
     r"calories|kcal)\b"
 )
+_DIET_AFTER = _rx(rf"\s*(?:\(\s*mg\s*\)\s*)?(?:of\s+)?(?:\w+\s+)?{_NUTRIENT.pattern}")
+_DIET_BEFORE = _rx(rf"{_NUTRIENT.pattern}(?:\W+\w+){{0,8}}?\W*$")
 _SUPPLEMENT_FORM = _rx(
     r"\b(?:supplements?|tablets?|tabs|pills?|capsules?|caplets?|sachets?|injections?|infusions?|iv)\b"
 )
@@ -368,16 +370,12 @@ _MEDICINE_FIELD = _rx(
 )
 
 
-_DIET_AFTER = _rx(rf"\s*(?:\(\s*mg\s*\)\s*)?(?:of\s+)?(?:\w+\s+)?{_NUTRIENT.pattern}")
-_DIET_BEFORE = _rx(rf"{_NUTRIENT.pattern}(?:\W+\w+){{0,8}}?\W*$")
-
-
-def _only_diet(pattern: re.Pattern[str], sentence: str) -> bool:
+def _only_diet(pattern: re.Pattern[str], sentence: str, drug: bool) -> bool:
     """Every amount ``pattern`` finds is a dietary limit ("2,300 mg of sodium", "sodium intake below 1,500 mg"):
     the nutrient names the amount, and the sentence names no drug or supplement form. A meal beside a dose ("take
     20 mg with a high-fat meal") is not a limit: the nutrient must come right after the amount or before it."""
     matches = list(pattern.finditer(sentence))
-    if not matches or has_drug(sentence) or _SUPPLEMENT_FORM.search(sentence):
+    if not matches or drug or _SUPPLEMENT_FORM.search(sentence):
         return False
     for match in matches:
         before = sentence[max(0, match.start() - 80) : match.start()]
@@ -402,17 +400,17 @@ _TABLE_HEADER = _rx(r"\b(?:dose|doses|dosage|dosing|strength|mg|amount|frequency
 
 def _dosage_rule(sentence: str, prompt: str | None = None) -> bool:
     """True when the sentence states an amount, strength, frequency or duration of a medicine."""
-    strong = bool(_DOSE_STRONG.search(sentence)) and not _only_diet(_DOSE_STRONG, sentence)
+    drug = has_drug(sentence)
+    strong = bool(_DOSE_STRONG.search(sentence)) and not _only_diet(_DOSE_STRONG, sentence, drug)
     if strong or _DOSE_COUNT.search(sentence) or _DOSE_PERCENT.search(sentence):
         return True
-    drug = has_drug(sentence)
     if drug and (_DOSE_PERCENT_DRUG.search(sentence) or _DRUG_BARE_NUMBER.search(sentence)):
         return True
     if _COURSE.search(sentence):
         return True
     med = drug or bool(_MED_WORDS_RX.search(_MEDICINE_FIELD.sub(" ", sentence)))
     frequency = _medicine_frequency(sentence)
-    weak = bool(_DOSE_WEAK.search(sentence)) and not _only_diet(_DOSE_WEAK, sentence)
+    weak = bool(_DOSE_WEAK.search(sentence)) and not _only_diet(_DOSE_WEAK, sentence, drug)
     if med and (frequency or weak or _FREQUENCY_ABBREV.search(sentence)):
         return True
     if frequency and _ADMINISTER.search(sentence) and not _NOT_MEDICINE.search(sentence):

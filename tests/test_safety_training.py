@@ -69,8 +69,7 @@ class TestShippedLabels:
         assert len(rows) > 3000
         for row in rows:
             assert re.fullmatch(r"[0-9a-f]{12}", row["sha1"])
-            history = [*row.get("split", {}).values(), *row.get("review", {}).values()]
-            for labels in [*row["labels"].values(), *row.get("unsure", {}).values(), *history]:
+            for labels in [*row["labels"].values(), *row.get("unsure", {}).values(), *row.get("split", {}).values()]:
                 assert labels and set(labels) <= {"diagnosis", "prescription", "dosage", "decision_rule"}
             for index, disputed in row.get("unsure", {}).items():
                 assert not set(disputed) & set(row["labels"].get(index, []))  # agreed and disputed exclude
@@ -81,7 +80,7 @@ class TestShippedLabels:
         """The shared answers are CC BY-NC: a row points at one (file, line, field, hash), it never holds text."""
         for row in st.read_jsonl(st.DATA_DIR / "labeled_answers.jsonl"):
             assert {"file", "line", "field", "sha1", "labels", "unsure"} <= set(row)
-            assert set(row) <= {"file", "line", "field", "sha1", "labels", "unsure", "split", "review"}
+            assert set(row) <= {"file", "line", "field", "sha1", "labels", "unsure", "split"}
             assert row["file"].startswith("alpacare/") and isinstance(row["line"], int)
 
     def test_every_reference_still_matches_and_none_answers_a_dev_question(self, shared_data, safety_dev):
