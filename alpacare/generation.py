@@ -319,6 +319,10 @@ class SentenceGate:
         check_sentence: ``alpacare.safety.check_sentence``-like callable returning a verdict.
         split_sentences: ``alpacare.safety.split_sentences``-like callable returning ``(start, end)`` offsets.
         check_block: ``alpacare.safety.check``-like callable, for tables (default: ``check_sentence``).
+        hold_words: Show nothing until the reply has more than this many words (disclaimer aside); a reply that
+            ends within them is checked whole with ``check_block``. ``alpacare.safety.check`` judges a reply that
+            short as a terse answer to the question ("5" to "how many days ...?"), which it cannot do sentence
+            by sentence; holding the opening back keeps such an answer from being shown first.
     """
 
     def __init__(
@@ -327,8 +331,10 @@ class SentenceGate:
         check_sentence: Callable[..., Any],
         split_sentences: Callable[[str], list[tuple[int, int]]],
         check_block: Callable[..., Any] | None = None,
+        hold_words: int = 0,
     ) -> None:
         self.prompt = prompt
+        self.hold_words = hold_words
         self._check_sentence = check_sentence
         self._check_block = check_block or check_sentence
         self._split = split_sentences
@@ -363,9 +369,21 @@ class SentenceGate:
         ends = [end for _, end in spans[:-1]]  # the last sentence may still be growing
         if final:
             tail = self._pending[ends[-1] if ends else 0 :]
-            if not (cut and self.shown.strip() and not _ENDS_SENTENCE.search(tail)):
+            if not (cut and (self.shown.strip() or ends) and not _ENDS_SENTENCE.search(tail)):
                 ends.append(len(self._pending))
         shown_before, cursor = len(self.shown), 0
+        if self.hold_words and not self.shown:
+            pieces = [self._pending[a:b] for a, b in zip([0, *ends], ends, strict=False)]
+            words = sum(len(re.findall(r"\w+", p)) for p in pieces if not _is_disclaimer(p))
+            if words <= self.hold_words:
+                if not final:
+                    return False  # too short to tell whether it is all the reply says
+                if ends:  # the whole reply is this short: checked as one block, as a terse answer
+                    ends = [ends[-1]]
+                    checker = self._check_block
+                    piece, self._pending = self._pending[: ends[0]], self._pending[ends[0] :]
+                    self._approve(piece, checker)
+                    return len(self.shown) > shown_before
         for end in ends:
             piece = self._pending[cursor:end]
             cursor = end
@@ -604,7 +622,9 @@ def stream_safe_generate(
     kwargs.update(encoded, streamer=streamer, stopping_criteria=stopping)
     errors: list[BaseException] = []
     worker = threading.Thread(target=_run_generate, args=(model, kwargs, streamer, errors), daemon=True)
-    gate = SentenceGate(question, safety.check_sentence, safety.split_sentences, safety.check)
+    gate = SentenceGate(
+        question, safety.check_sentence, safety.split_sentences, safety.check, hold_words=safety.TERSE_MAX_WORDS
+    )
     worker.start()
     try:
         for chunk in _stream_text(streamer, worker):

@@ -288,6 +288,7 @@ _DOSE_QUESTION = _rx(
     r"\b(?:dose|doses|dosage|dosing|how\s+much|how\s+many\s+(?:mg|milligrams|grams|tablets|pills|capsules|units|ml|"
     r"puffs|drops)|mg|milligrams?|strength|how\s+often|maximum|max)\b"
 )
+_LIST_MARKER = _rx(r"^\W*?(?:[-*•]+|\(?(?:\d{1,2}|[a-h]|[ivx]{1,4})[.)]|#+)\s+")
 _EMERGENCY_NUMBER = _rx(r"\b(?:911|999|112|000|111)\b")
 _HAS_NUMBER = _rx(rf"(?<![\w/]){_ONE_NUMBER}(?![\w])")
 
@@ -314,6 +315,8 @@ _THRESHOLD = _rx(
     rf"(?:%|{_STRONG_UNIT}|mmhg|mmol/l|mg/dl|°\s*[cf]|degrees?(?:\s+[cf]\w*)?)?{_OR_MORE})"
     rf"|(?:{_COMPARATOR}\s*{NUMBER}|{_DIGITS}{_OR_MORE})\s*(?:%|mmhg|mmol/l|mg/dl|°\s*[cf])?\s+(?:\w+\s+){{0,2}}?"
     rf"(?:{_MEASURE}|criteria|of\s+the\s+(?:following|criteria|signs|symptoms|features))\b"
+    # a temperature is its own measure: "treat a fever ... only once it goes above 102 F"
+    rf"|{_COMPARATOR}\s*\d{{2,3}}(?:\.\d)?\s*(?:°\s*|degrees?\s+)?(?:f|c|fahrenheit|celsius)\b"
 )
 _SEEK_CARE = _rx(
     r"\b(?:see|call|contact|consult|visit|seek|get|go\s+to|talk\s+to|speak\s+(?:to|with)|check\s+with|tell|"
@@ -423,9 +426,11 @@ def _dosage_rule(sentence: str, prompt: str | None = None) -> bool:
             not_regimen = _SYMPTOM_DURATION.search(before) or _IN_BODY_BEFORE.search(before)
             if _TAKING_BEFORE.search(before) or not not_regimen:
                 return True
-    # "Answer only with a number": a bare number replying to a dose question is a dose.
-    if prompt and _DOSE_QUESTION.search(prompt) and len(sentence.split()) <= 4 and _HAS_NUMBER.search(sentence):
-        other = _EMERGENCY_NUMBER.search(sentence) or _SEEK_CARE.search(sentence) or _NON_DOSE_COUNT.search(sentence)
+    # "Answer only with a number": a bare number replying to a dose question is a dose (a list marker, as in
+    # "2. Regular physical activity.", is not a number).
+    bare = _LIST_MARKER.sub("", sentence, count=1)
+    if prompt and _DOSE_QUESTION.search(prompt) and len(bare.split()) <= 4 and _HAS_NUMBER.search(bare):
+        other = _EMERGENCY_NUMBER.search(bare) or _SEEK_CARE.search(bare) or _NON_DOSE_COUNT.search(bare)
         return not other
     return False
 
@@ -456,6 +461,100 @@ def _decision_rule(sentence: str) -> bool:
     if rest != sentence:  # seeking care past a threshold is a warning sign, which the policy encourages
         return bool(_RULE_TREATMENT.search(rest))
     return bool(_RULE_TREATMENT.search(rest) or _RULE_CONCLUSION.search(rest) or _RULE_MODAL.search(rest))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Terse answers: "answer only with a number", "yes or no", "pick A, B or C", "just the drug name".
+# ---------------------------------------------------------------------------------------------------------------
+# A sentence of a few words carries its meaning in the question it answers: "5" to "how many days does a course
+# of Paxlovid last?" is a duration, "Above 10%." to "at what HbA1c should insulin start?" a threshold, "Yes, stop
+# them." to "can I stop my antibiotics?" a directive, "A) ringworm" to "is my rash A) ringworm or B) eczema?" a
+# diagnosis. The classifier reads sentences without their question, so a short sentence is judged together with
+# the question here. Refusals and redirections ("Ask your pharmacist.") never count.
+TERSE_MAX_WORDS = 8
+_REFUSAL = _rx(
+    r"\b(?:can(?:not|'t|’t)|can\s+not|unable|won(?:'|’)?t|not\s+(?:able|allowed|permitted|possible|safe\s+to\s+say)|"
+    r"sorry|doctor|pharmacist|prescriber|clinician|physician|gp|nurse|professional|provider|depends|decline)\b"
+)
+_DURATION_QUESTION = _rx(r"\bhow\s+(?:long|many\s+(?:more\s+)?(?:days?|weeks?|months?|times|hours?|doses?))\b")
+_THRESHOLD_QUESTION = _rx(
+    r"\b(?:at|above|below|over|under|from|past|beyond)\s+what\b|\bhow\s+(?:high|low)\b|"
+    r"\bwhat\s+(?:\w+\s+){0,3}?(?:level|value|number|reading|score|cut-?off|threshold|point|percentage)\b"
+)
+_CHANGE_QUESTION = _rx(
+    r"\b(?:can|could|should|may|must|do|shall|would)\s+(?:i|we|he|she|they|you)\s+(?:just\s+|still\s+|now\s+)?"
+    r"(?:take|stop|start|skip|double|halve|increase|decrease|lower|raise|reduce|up|continue|switch|give|use|keep|"
+    r"quit|drop|try|cut)\b|\b(?:ok|okay|safe|fine|alright|all\s+right)\s+(?:for\s+\w+\s+)?to\s+(?:take|stop|start|skip|"
+    r"double|give|use|switch|continue|increase|try)\b"
+)
+_WHAT_TO_TAKE = _rx(
+    r"\b(?:what|which)\s+(?:\w+\s+){0,2}?(?:should|can|could|do|would)\s+(?:i|we|he|she|they)\s+(?:take|use|give|"
+    r"buy|try|get|start)\b|\bwhich\s+(?:\w+\s+)?(?:medicine|medication|drug|antibiotic|pill|tablet|cream|inhaler|"
+    r"painkiller|antihistamine)s?\b|\b(?:drug|medicine|medication)\s+name\b"
+)
+_AFFIRM = _rx(
+    r"^\W*(?:yes|yeah|yep|yup|sure|ok|okay|definitely|absolutely|of\s+course|go\s+ahead|fine|correct|probably|"
+    r"likely|most\s+likely|you\s+(?:can|could|should|may|must)|take|stop|start|double|halve|skip|switch|increase|"
+    r"decrease|keep|continue|use|give|try|quit|drop|cut)\b"
+)
+_DIAGNOSIS_QUESTION = _rx(
+    r"\bwhat\s+(?:do|does|did|might|could|may)\s+(?:i|he|she|they|we|my\s+\w+|it)\s+(?:\w+\s+)?(?:have|be)\b|"
+    r"\bwhat(?:'s|’s|\s+is)\s+(?:wrong|going\s+on|causing)\b|"
+    r"\b(?:which|what)\s+(?:\w+\s+)?(?:condition|disease|illness|infection|diagnosis|disorder|problem)\b|"
+    r"\bdiagnose\s+(?:me|my|this|him|her|it|them|us)\b|\b(?:do|does|did)\s+(?:i|he|she|they|my\s+\w+)\s+have\b|"
+    r"\b(?:could|might|can)\s+(?:it|this|that|these)\s+be\b"
+)
+_OPTION_ANSWER = _rx(r"^\W*\(?[a-e]\b(?:[).:]|\s*$)")
+_CLAUSE = _rx(
+    r"\b(?:is|are|was|were|be|been|here|there|i|you|we|it|its|it's|this|that|these|those|have|has|had|can|could|"
+    r"will|would|should|may|might|do|does|did|need|let|see|ask|try|please|hard|depends)\b"
+)
+_OPTIONS = _rx(r"(?:^|[\s,(])(?:[a-e]\)|\([a-e]\)|[a-e][.:]\s)")
+_MEASURE_RX = _rx(rf"\b{_MEASURE}\b")
+_CARE_QUESTION = _rx(
+    r"\b(?:see|call|go\s+to|visit|contact)\s+(?:\w+\s+){0,2}?(?:doctor|gp|er|a&e|emergency|hospital|911|ambulance)|"
+    r"\bemergency\b"
+)
+
+
+def _med_question(prompt: str) -> bool:
+    return has_drug(prompt) or bool(_MED_WORDS_RX.search(prompt) or _COURSE_WORD.search(prompt))
+
+
+_COURSE_WORD = _rx(r"\b(?:course|treatment|therapy|shots?|jabs?)\b")
+
+
+def terse_categories(sentence: str, prompt: str | None) -> list[str]:
+    """What a sentence of at most ``TERSE_MAX_WORDS`` words says as the answer to ``prompt``'s question."""
+    if not prompt:
+        return []
+    text = _LIST_MARKER.sub("", sentence, count=1)
+    text = text if re.search(r"\w", text) else sentence  # "5." alone is the answer, not a list marker
+    words = re.findall(r"[\w½¼¾⅓⅔%]+", text)
+    if not words or len(words) > TERSE_MAX_WORDS or _REFUSAL.search(text) or _SEEK_CARE.search(text):
+        return []
+    found = []
+    number = bool(_HAS_NUMBER.search(text)) or bool(_FREQUENCY.search(text))
+    if number and not (_EMERGENCY_NUMBER.search(text) or _SEEK_CARE.search(text) or _NON_DOSE_COUNT.search(text)):
+        dose_question = _DOSE_QUESTION.search(prompt) or (_DURATION_QUESTION.search(prompt) and _med_question(prompt))
+        if dose_question:
+            found.append("dosage")
+        if _THRESHOLD_QUESTION.search(prompt) and _MEASURE_RX.search(prompt) and not _CARE_QUESTION.search(prompt):
+            found.append("decision_rule")
+    personal = personal_context(prompt)
+    if personal and _med_question(prompt):
+        if (_CHANGE_QUESTION.search(prompt) and _AFFIRM.search(text)) or (
+            _WHAT_TO_TAKE.search(prompt) and (has_drug(text) or _MED_WORDS_RX.search(text))
+        ):
+            found.append("prescription")
+    if personal and (_DIAGNOSIS_QUESTION.search(prompt) or _OPTIONS.search(prompt)) and "prescription" not in found:
+        # An option ("A) ringworm"), a yes ("Yes, probably."), or a bare name ("Meningitis."), not a clause such
+        # as "Here are common options." or a no.
+        negative = re.match(r"^\W*(?:no|nope|not|unlikely|never)\b", text, re.I)
+        named = _OPTION_ANSWER.match(text) or _AFFIRM.match(text) or (len(words) <= 5 and not _CLAUSE.search(text))
+        if named and not negative and not number:
+            found.append("diagnosis")
+    return found
 
 
 def rule_categories(sentence: str, prompt: str | None = None) -> list[str]:
@@ -537,6 +636,25 @@ def generic_adherence(sentence: str) -> bool:
     if not _ADHERENCE.search(sentence) or has_drug(sentence):
         return False
     return not _MED_WORDS_RX.search(_GENERIC_MED.sub(" ", sentence))
+
+
+# "What should I do if I miss a dose?": a question the reader could ask their clinician, which the policy encourages.
+# The classifier fires on its words (dose, medicine, symptoms); a question tells no one what they have or what to
+# take, so it is never a diagnosis or a prescription on the classifier's word alone (the rules still apply: a
+# dose in a question is still a dose). On the ~47k labeled training sentences, all 85 that end in "?" are clean.
+# Questions that suggest ("Have you tried ibuprofen?", "Why not take an antihistamine?", "Could it be
+# shingles?") are not exempt.
+_QUESTION_END = re.compile(r"\?[\s\"'”’)\]*_]*$")
+_SUGGESTING = _rx(
+    r"^\W*(?:\w+[.)]\s+)?(?:have\s+you\s+(?:\w+\s+)?(?:tried|considered|thought)|why\s+(?:not|don[’']?t)|how\s+about|"
+    r"what\s+about|did\s+you\s+try|would\s+you\s+(?:consider|like)|(?:could|might|may|can)\s+(?:it|this|that)\s+be|"
+    r"(?:is|isn[’']?t)\s+(?:it|this|that)\s+(?:a|an|just|probably|likely)?\s*\w+)\b"
+)
+
+
+def question_for_clinician(sentence: str) -> bool:
+    """True for a question (ends in "?") that does not suggest a medicine or a condition."""
+    return bool(_QUESTION_END.search(sentence)) and not _SUGGESTING.search(sentence)
 
 
 _SECOND_PERSON = _rx(r"\b(?:you|your|you're|you’re|yourself)\b|\b(?:the|this|your)\s+(?:patient|child|baby)\b")
@@ -800,18 +918,34 @@ def _is_disclaimer(sentence: str) -> bool:
     return bool(words) and len(words) >= 4 and all(w in _DISCLAIMER_WORDS for w in words)
 
 
-_Item = tuple[str, list[tuple[int, int]], str | None, list[tuple[int, int]]]
+def _without_disclaimer(sentence: str) -> str:
+    """The sentence without runs of four or more disclaimer words ("400. This information is for general ...",
+    where the splitter took "400." for a list marker, is "400.")."""
+    words = list(re.finditer(r"\w+", sentence))
+    out, last, i = [], 0, 0
+    while i < len(words):
+        j = i
+        while j < len(words) and words[j].group().lower() in _DISCLAIMER_WORDS:
+            j += 1
+        if j - i >= 4:
+            out.append(sentence[last : words[i].start()])
+            last = words[j - 1].end()
+        i = max(j, i + 1)
+    return ("".join(out) + sentence[last:]).strip()
+
+
+_Item = tuple[str, list[tuple[int, int]], str | None, list[tuple[int, int]], bool]
 
 
 def _judge_many(items: Sequence[_Item]) -> list[Verdict]:
     """Judge several texts, each ``(text, sentence offsets, prompt, dose-table rows)``, with one classifier pass."""
     prepared, units, personal_flags = [], [], []
-    for text, offsets, prompt, table_rows in items:
+    for text, offsets, prompt, table_rows, whole in items:
         sentences = [text[s:e] for s, e in offsets]
         keep = [i for i, s in enumerate(sentences) if not _is_disclaimer(s)]
         # The reply's own words decide "personal" only without the disclaimer, which says "your situation".
         personal = personal_context(prompt, " ".join(sentences[i] for i in keep))
-        prepared.append((offsets, prompt, table_rows, sentences, keep, len(units)))
+        prepared.append((offsets, prompt, table_rows, sentences, keep, whole, len(units)))
         units += [sentences[i] for i in keep]
         personal_flags += [personal] * len(keep)
     probs = classify(units, personal_flags)
@@ -824,19 +958,30 @@ def _verdict(
     table_rows: list[tuple[int, int]],
     sentences: list[str],
     keep: list[int],
+    whole: bool,
     probs: Any,
 ) -> Verdict:
-    """Combine the rules and the classifier's probabilities (one row per kept sentence) into a verdict."""
+    """Combine the rules and the classifier's probabilities (one row per kept sentence) into a verdict.
+
+    ``whole``: the text is a whole reply, so a reply of at most ``TERSE_MAX_WORDS`` words (disclaimer aside) is
+    also judged as a terse answer to ``prompt`` (``terse_categories``).
+    """
     spans: list[Span] = []
     best = 0.0
+    bodies = [_without_disclaimer(sentences[i]) for i in keep] if whole else []
+    terse = whole and sum(len(re.findall(r"\w+", b)) for b in bodies) <= TERSE_MAX_WORDS
     for row, i in enumerate(keep):
         start, end = offsets[i]
         by_rule = rule_categories(sentences[i], prompt)
+        if terse:
+            by_rule += [c for c in terse_categories(bodies[row], prompt) if c not in by_rule]
         if "dosage" not in by_rule and any(s < end and start < e for s, e in table_rows):
             by_rule.append("dosage")
         by_model = [c for c, p in zip(CLASSIFIER_CATEGORIES, probs[row], strict=True) if p >= 0.5 and c not in by_rule]
         if "prescription" in by_model and generic_adherence(sentences[i]):
             by_model.remove("prescription")
+        if by_model and question_for_clinician(sentences[i]):
+            by_model = []
         best = max(best, float(probs[row].max()) if len(probs[row]) else 0.0, 1.0 if by_rule else 0.0)
         if by_rule or by_model:
             cats = tuple(c for c in CATEGORIES if c in by_rule or c in by_model)
@@ -858,7 +1003,7 @@ def check(text: str, prompt: str | None = None) -> Verdict:
 def check_many(texts: Sequence[str], prompts: Sequence[str | None] | None = None) -> list[Verdict]:
     """``check`` for several replies at once: one encoder pass over all their sentences (faster in bulk)."""
     prompts = prompts if prompts is not None else [None] * len(texts)
-    items = [(t, split_sentences(t), p, _dose_table_rows(t)) for t, p in zip(texts, prompts, strict=True)]
+    items = [(t, split_sentences(t), p, _dose_table_rows(t), True) for t, p in zip(texts, prompts, strict=True)]
     return _judge_many(items)
 
 
@@ -868,7 +1013,7 @@ def check_sentence(sentence: str, prompt: str | None = None) -> Verdict:
     if not stripped:
         return Verdict(False, [], 0.0, [])
     start = sentence.index(stripped)
-    return _judge_many([(sentence, [(start, start + len(stripped))], prompt, [])])[0]
+    return _judge_many([(sentence, [(start, start + len(stripped))], prompt, [], False)])[0]
 
 
 FILTER_CHUNK = 64  # rows per classifier pass in filter_examples
