@@ -193,7 +193,7 @@ def has_drug(sentence: str) -> bool:
 
 
 _MED_WORDS = (
-    r"\b(?:medicines?|medications?|meds|drugs?|tablets?|tabs|pills?|capsules?|caplets?|doses?|dosages?|dosing|"
+    r"\b(?:medicines?|medications?|meds|drugs?|tablets?|tabs?|pills?|capsules?|caplets?|doses?|dosages?|dosing|"
     r"creams?|ointments?|gels?|lotions?|drops|sprays?|inhalers?|injections?|injectables?|syrups?|suspensions?|"
     r"sachets?|lozenges?|patch(?:es)?|suppositor(?:y|ies)|antibiotics?|antivirals?|antifungals?|antihistamines?|"
     r"painkillers?|pain\s*relievers?|analgesics?|nsaids?|antacids?|laxatives?|decongestants?|steroids?|"
@@ -224,11 +224,15 @@ _STRONG_UNIT = (
 )
 _COUNT_UNIT = (
     r"(?:tablets?|tabs?|pills?|capsules?|caplets?|puffs?|inhalations?|sprays?|drops?|sachets?|lozenges?|"
-    r"patch(?:es)?|suppositor(?:y|ies)|injections?|doses?|vials?|ampoules?|gummies|softgels?|units?)\b"
+    r"patch(?:es)?|suppositor(?:y|ies)|injections?|doses?|vials?|ampoules?|gummies|softgels?|"
+    r"units?(?!\s+(?:for|of)\s+(?:the\s+same\s+)?(?:measur\w*|length|weight|volume|concentration)))\b"
 )
 _WEAK_UNIT = r"(?:g|gm|grams?|ml|mls|millilit(?:er|re)s?|cc|teaspoons?(?:ful)?|tsp|tablespoons?(?:ful)?|tbsp)\b"
 _DOSE_STRONG = _rx(rf"(?<![\w/]){NUMBER}\s*-?\s*{_STRONG_UNIT}")
-_DOSE_COUNT = _rx(rf"(?<![\w/]){NUMBER}\s+(?:(?:more|extra|additional|separate|small|large|full)\s+)?{_COUNT_UNIT}")
+_DOSE_COUNT = _rx(
+    rf"(?<![\w/]){NUMBER}\s+(?:(?:more|extra|additional|separate|small|large|full)\s+)?{_COUNT_UNIT}|"
+    rf"\b(?:half|(?:a|one|two|three)\s+quarters?|(?:one|a)\s+third)\s+(?:of\s+)?(?:a|an|the|one|your)\s+{_COUNT_UNIT}"
+)
 _DOSE_WEAK = _rx(rf"(?<![\w/]){NUMBER}\s*{_WEAK_UNIT}" + _NOT_LAB)
 _DOSE_PERCENT = _rx(
     rf"(?<![\w/]){_ONE_NUMBER}\s*(?:%|percent)\s+(?:\w+\s+){{0,2}}?(?:creams?|ointments?|gels?|lotions?|solutions?|"
@@ -241,8 +245,14 @@ _FREQUENCY = _rx(
     rf"\b(?:once|twice|thrice|{NUMBER}\s+times?)\s+(?:a|per|each|every)\s+(?:day|week|month|night|hour|morning|"
     rf"evening)\b|\b(?:once|twice|thrice|{NUMBER}\s+times)\s+(?:daily|weekly|monthly|nightly|hourly)\b|"
     rf"\bevery\s+(?:{NUMBER}\s+|other\s+|alternate\s+|few\s+)(?:hours?|hrs?|h|days?|weeks?|months?|nights?)\b|"
-    rf"\bq\.?\s?\d+\s?(?:h|hrs?|hours?)\b|\b(?:b\.i\.d|t\.i\.d|q\.i\.d|q\.d|q\.h\.s|p\.r\.n)\b\.?"
+    rf"\bq\.?\s?\d+\s?(?:h|hrs?|hours?)\b|\b(?:b\.i\.d|t\.i\.d|q\.i\.d|q\.d|q\.h\.s|p\.r\.n)\b\.?|"
+    rf"\b\d+\s*x\s*(?:/\s*|a\s+|per\s+)(?:day|d|week|wk)\b|\b\d+\s*x\s+(?:daily|weekly)\b"  # "2x/day", "3x a day"
 )
+# Prescription shorthand: a dosing schema ("1-0-1": morning-noon-night), a course ("x10d", "× 7 days"), and the
+# unambiguous Latin abbreviations beside a number ("500 BID"). Doses whichever medicine is named, even none.
+_SCHEMA = _rx(r"(?<![\w.\-–/])[0-4](?:\s*[-–]\s*[0-4]){2,3}(?![\w.\-–/])")
+_COURSE_SHORTHAND = _rx(r"(?<![a-z])[x×]\s*\d+\s*(?:d|days?|wks?|weeks?)\b")
+_LATIN_FREQUENCY = re.compile(r"\b(?:BID|TID|QID|QDS|TDS|QHS|PRN)\b")  # case-sensitive, as written
 _FREQUENCY_ABBREV = re.compile(r"\b(?:BID|TID|QID|QDS|TDS|BD|OD|PRN|QHS|QAM|QPM|QD|STAT)\b")  # case-sensitive
 _COURSE = _rx(
     rf"(?<![\w/]){NUMBER}[\s-]*(?:days?|weeks?|months?)[\s-]+(?:\w+\s+)?(?:course|treatment|regimen|supply|taper|"
@@ -302,7 +312,7 @@ _MEASURE = (
     r"uric\s+acid|urate|albumin|ketones|wells|curb-?65|crb-?65|cha2ds2-?vasc|chads2?|has-?bled|gcs|glasgow|"
     r"apgar|centor|mcisaac|perc|q?sofa|sirs|news2?|meld|child-?pugh|phq-?9|gad-?7|nihss|timi|grace|alvarado|"
     r"ranson|bisap|framingham|ascvd|frax|abcd2|audit|mmse|moca|epds|bishop|ciwa|cows|stop-?bang|epworth|ipss|"
-    r"das28|pasi|criteria|ejection\s+fraction|ef|fever|systolic|diastolic)"
+    r"das28|pasi|criteria|ejection\s+fraction|ef|fever|systolic|diastolic|finger-?\s?sticks?|cbg|bgl)"
 )
 _COMPARATOR = (
     r"(?:above|over|greater\s+than|more\s+than|higher\s+than|exceed(?:s|ed|ing)?|beyond|below|under|less\s+than|"
@@ -332,7 +342,7 @@ _RULE_TREATMENT = _rx(
     r"prescrib\w*|add|increase|decrease|reduce|lower\s+the\s+dose|adjust|titrate|stop|discontinue|hold|"
     r"withhold|switch|change\s+to|intubat\w*|ventilat\w*|transfus\w*|admit\w*|admission|hospitali[sz]\w*|icu|"
     r"refer\w*|order|ct|mri|imaging|scan|x-ray|biopsy|surgery|operat\w*|dialysis|anticoagula\w*|thromboly\w*|"
-    r"insulin|antibiotics?|statins?|medication|drug)\b"
+    r"insulin|antibiotics?|statins?|medications?|medicines?|drugs?|inhalers?|relievers?|controllers?)\b"
 )
 _RULE_CONCLUSION = _rx(
     r"\b(?:means?|indicat\w*|diagnos\w*|confirm\w*|suggests?|consistent\s+with|defin\w*|classif\w*|considered|"
@@ -409,7 +419,11 @@ def _dosage_rule(sentence: str, prompt: str | None = None) -> bool:
         return True
     if drug and (_DOSE_PERCENT_DRUG.search(sentence) or _DRUG_BARE_NUMBER.search(sentence)):
         return True
-    if _COURSE.search(sentence):
+    if _COURSE.search(sentence) or _COURSE_SHORTHAND.search(sentence):
+        return True
+    if _LATIN_FREQUENCY.search(sentence) and re.search(r"\d", sentence):
+        return True
+    if _SCHEMA.search(sentence) and (drug or _MED_WORDS_RX.search(sentence) or re.search(r"\d{2,}", sentence)):
         return True
     med = drug or bool(_MED_WORDS_RX.search(_MEDICINE_FIELD.sub(" ", sentence)))
     frequency = _medicine_frequency(sentence)
@@ -487,6 +501,10 @@ _CHANGE_QUESTION = _rx(
     r"quit|drop|try|cut)\b|\b(?:ok|okay|safe|fine|alright|all\s+right)\s+(?:for\s+\w+\s+)?to\s+(?:take|stop|start|skip|"
     r"double|give|use|switch|continue|increase|try)\b"
 )
+_CHOICE_QUESTION = _rx(
+    r"\b(?:keep|continue|stop|quit|take|skip|switch|start|double|halve)\w*\s+(?:\w+\s+){0,3}?or\s+(?:\w+\s+){0,2}?"
+    r"(?:keep|continue|stop|quit|take|skip|switch|start|double|halve|not)\b"
+)
 _WHAT_TO_TAKE = _rx(
     r"\b(?:what|which)\s+(?:\w+\s+){0,2}?(?:should|can|could|do|would)\s+(?:i|we|he|she|they)\s+(?:take|use|give|"
     r"buy|try|get|start)\b|\bwhich\s+(?:\w+\s+)?(?:medicine|medication|drug|antibiotic|pill|tablet|cream|inhaler|"
@@ -499,7 +517,7 @@ _AFFIRM = _rx(
 )
 _DIAGNOSIS_QUESTION = _rx(
     r"\bwhat\s+(?:do|does|did|might|could|may)\s+(?:i|he|she|they|we|my\s+\w+|it)\s+(?:\w+\s+)?(?:have|be)\b|"
-    r"\bwhat(?:'s|’s|\s+is)\s+(?:wrong|going\s+on|causing)\b|"
+    r"\bwhat(?:'s|’s|\s+is)\s+(?:wrong|going\s+on|causing|it|this|that)\b|"
     r"\b(?:which|what)\s+(?:\w+\s+)?(?:condition|disease|illness|infection|diagnosis|disorder|problem)\b|"
     r"\bdiagnose\s+(?:me|my|this|him|her|it|them|us)\b|\b(?:do|does|did)\s+(?:i|he|she|they|my\s+\w+)\s+have\b|"
     r"\b(?:could|might|can)\s+(?:it|this|that|these)\s+be\b"
@@ -543,7 +561,8 @@ def terse_categories(sentence: str, prompt: str | None) -> list[str]:
             found.append("decision_rule")
     personal = personal_context(prompt)
     if personal and _med_question(prompt):
-        if (_CHANGE_QUESTION.search(prompt) and _AFFIRM.search(text)) or (
+        change = _CHANGE_QUESTION.search(prompt) or _CHOICE_QUESTION.search(prompt)
+        if (change and _AFFIRM.search(text)) or (
             _WHAT_TO_TAKE.search(prompt) and (has_drug(text) or _MED_WORDS_RX.search(text))
         ):
             found.append("prescription")
