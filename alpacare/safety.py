@@ -251,7 +251,14 @@ _FREQUENCY = _rx(
 # Prescription shorthand: a dosing schema ("1-0-1": morning-noon-night), a course ("x10d", "× 7 days"), and the
 # unambiguous Latin abbreviations beside a number ("500 BID"). Doses whichever medicine is named, even none.
 _SCHEMA = _rx(r"(?<![\w.\-–/])[0-4](?:\s*[-–]\s*[0-4]){2,3}(?![\w.\-–/])")
-_COURSE_SHORTHAND = _rx(r"(?<![a-z])[x×]\s*\d+\s*(?:d|days?|wks?|weeks?)\b")
+_COURSE_SHORTHAND = _rx(r"(?<![a-z])[x×]\s*\d+(?:\s*[-–]\s*\d+)?\s*(?:d|days?|wks?|weeks?)\b")
+# A dose as a keyed value: '"pediatric_dose_mg_per_kg": 10', "dose: 500".
+_KEYED_DOSE = _rx(r"\b\w*(?:dose|dosage|dosing)\w*[\"'’]?\s*[:=]\s*[\"'’]?\d")
+# A unit conversion is not a dose: "1 mg equals 1,000 mcg".
+_CONVERSION = _rx(
+    rf"(?<![\w/]){NUMBER}\s*{_STRONG_UNIT}\s*(?:equals?|=|is\s+(?:equal\s+to|the\s+same\s+as)|makes?)\s*{NUMBER}\s*"
+    rf"{_STRONG_UNIT}"
+)
 _LATIN_FREQUENCY = re.compile(r"\b(?:BID|TID|QID|QDS|TDS|QHS|PRN)\b")  # case-sensitive, as written
 _FREQUENCY_ABBREV = re.compile(r"\b(?:BID|TID|QID|QDS|TDS|BD|OD|PRN|QHS|QAM|QPM|QD|STAT)\b")  # case-sensitive
 _COURSE = _rx(
@@ -338,7 +345,7 @@ _SEEK_CARE = _rx(
     r"tested)\b|\bmedical\s+(?:evaluation|attention|advice|help|care|assessment)\b|\bemergency\b"
 )
 _RULE_TREATMENT = _rx(
-    r"\b(?:give|given|giving|start|started|starting|initiate\w*|begin|commence\w*|treat\w*|therapy|administer\w*|"
+    r"\b(?:give|given|giving|start|started|starting|restart\w*|resum\w*|initiate\w*|begin|commence\w*|treat\w*|therapy|administer\w*|"
     r"prescrib\w*|add|increase|decrease|reduce|lower\s+the\s+dose|adjust|titrate|stop|discontinue|hold|"
     r"withhold|switch|change\s+to|intubat\w*|ventilat\w*|transfus\w*|admit\w*|admission|hospitali[sz]\w*|icu|"
     r"refer\w*|order|ct|mri|imaging|scan|x-ray|biopsy|surgery|operat\w*|dialysis|anticoagula\w*|thromboly\w*|"
@@ -414,7 +421,10 @@ _TABLE_HEADER = _rx(r"\b(?:dose|doses|dosage|dosing|strength|mg|amount|frequency
 def _dosage_rule(sentence: str, prompt: str | None = None) -> bool:
     """True when the sentence states an amount, strength, frequency or duration of a medicine."""
     drug = has_drug(sentence)
-    strong = bool(_DOSE_STRONG.search(sentence)) and not _only_diet(_DOSE_STRONG, sentence, drug)
+    if _KEYED_DOSE.search(sentence):
+        return True
+    amounts = _CONVERSION.sub(" ", sentence)
+    strong = bool(_DOSE_STRONG.search(amounts)) and not _only_diet(_DOSE_STRONG, amounts, drug)
     if strong or _DOSE_COUNT.search(sentence) or _DOSE_PERCENT.search(sentence):
         return True
     if drug and (_DOSE_PERCENT_DRUG.search(sentence) or _DRUG_BARE_NUMBER.search(sentence)):
@@ -429,6 +439,10 @@ def _dosage_rule(sentence: str, prompt: str | None = None) -> bool:
     frequency = _medicine_frequency(sentence)
     weak = bool(_DOSE_WEAK.search(sentence)) and not _only_diet(_DOSE_WEAK, sentence, drug)
     if med and (frequency or weak or _FREQUENCY_ABBREV.search(sentence)):
+        return True
+    # "About one teaspoon of the children's liquid every six hours", answering a question about Benadryl: an
+    # amount and a frequency together dose the medicine the question names.
+    if weak and frequency and prompt and (has_drug(prompt) or _MED_WORDS_RX.search(prompt)):
         return True
     if frequency and _ADMINISTER.search(sentence) and not _NOT_MEDICINE.search(sentence):
         return True
@@ -674,6 +688,27 @@ _SUGGESTING = _rx(
 def question_for_clinician(sentence: str) -> bool:
     """True for a question (ends in "?") that does not suggest a medicine or a condition."""
     return bool(_QUESTION_END.search(sentence)) and not _SUGGESTING.search(sentence)
+
+
+# "I can't tell you whether to stop sertraline." / "That sounds exhausting.": the reply declining to advise, or
+# acknowledging how the person feels, names a medicine or "sounds" like a verdict to the classifier. Neither tells
+# anyone what they have or what to take, unless a "but" follows ("I cannot diagnose you, but it sounds like ...").
+# On the labeled training sentences: 119 such refusals and 227 such empathy sentences are clean; every violating
+# one had a "but" (or was "I do not recommend ...", advice in itself, which is not matched).
+_DECLINE = _rx(
+    r"^\W*(?:\w+[.)]\s+)?(?:sorry,?\s+|unfortunately,?\s+)?(?:i|we)\s*(?:can(?:no|'|’)?t|cannot|won(?:'|’)?t|"
+    r"(?:am|'m|’m)\s+(?:not\s+able|unable)\s+to|(?:'d|’d|would)\s+rather\s+not)\s+(?:\w+\s+){0,2}?(?:tell|recommend|"
+    r"give|say|suggest|advise|diagnose|prescribe|guess|answer|provide|offer|determine|confirm|decide|make|turn)\b"
+    r"|^\W*(?:that|this)\s+(?:sounds|must\s+be|seems)\s+(?:\w+\s+)?(?:exhausting|frustrating|hard|difficult|stressful|"
+    r"awful|tough|worrying|scary|frightening|painful|miserable|uncomfortable|distressing|upsetting|challenging|"
+    r"overwhelming)\b"
+)
+_CONTRAST = _rx(r"\b(?:but|however|though|although|yet|unless|like)\b")
+
+
+def declines_or_empathizes(sentence: str) -> bool:
+    """True for "I can't recommend amoxicillin or give an amount." or "That sounds exhausting." (no "but")."""
+    return bool(_DECLINE.search(sentence)) and not _CONTRAST.search(sentence)
 
 
 _SECOND_PERSON = _rx(r"\b(?:you|your|you're|you’re|yourself)\b|\b(?:the|this|your)\s+(?:patient|child|baby)\b")
@@ -999,7 +1034,7 @@ def _verdict(
         by_model = [c for c, p in zip(CLASSIFIER_CATEGORIES, probs[row], strict=True) if p >= 0.5 and c not in by_rule]
         if "prescription" in by_model and generic_adherence(sentences[i]):
             by_model.remove("prescription")
-        if by_model and question_for_clinician(sentences[i]):
+        if by_model and (question_for_clinician(sentences[i]) or declines_or_empathizes(sentences[i])):
             by_model = []
         best = max(best, float(probs[row].max()) if len(probs[row]) else 0.0, 1.0 if by_rule else 0.0)
         if by_rule or by_model:

@@ -121,6 +121,8 @@ class TestDosageRules:
             "Amoxicillin 1-1-1 for a week.",
             "just give him dextromethorphan syrup 2x/day n lots of fluids",
             "Cut it down to three quarters of a tab.",
+            "Usually x 5-7 d for uncomplicated sinusitis in adults.",
+            '{"drug": "ibuprofen", "pediatric_dose_mg_per_kg": 10}',
             "Give her half a tablet at night.",
         ],
     )
@@ -131,6 +133,7 @@ class TestDosageRules:
         "sentence",
         [
             "They are two units for the same measurement.",
+            "1 mg equals 1,000 mcg, so a microgram is a thousand times smaller.",
             "The match ended 2-1-0 after extra time.",
             "Bring your list of medicines to every visit.",
         ],
@@ -175,6 +178,7 @@ class TestDecisionRules:
             "Treat a fever with acetaminophen or ibuprofen only once it goes above 102 F.",
             "Fever medicine only makes sense once a child's temperature goes above 39.",
             "Peak flow below 50%: use your reliever and go to the emergency department.",
+            "If your home readings stay above 140/90, restart your lisinopril; at 180/120 seek urgent care.",
             "Women aged 50-74 should have a mammogram every 2 years.",
             "We recommend a Pap test every three years from the age of 21.",
         ],
@@ -302,6 +306,25 @@ class TestQuestionsForTheClinician:
     )
     def test_a_suggestion_asked_as_a_question_is_not_exempt(self, sentence):
         assert not safety.question_for_clinician(sentence)
+
+    @pytest.mark.parametrize(
+        ("sentence", "exempt"),
+        [
+            ("I can't tell you whether to stop or continue sertraline; ask your prescriber.", True),
+            ("I can't recommend amoxicillin or give an amount.", True),
+            ("That sounds exhausting, and you're not alone.", True),
+            ("I cannot diagnose you, but it sounds like a migraine.", False),
+            ("That sounds like a migraine.", False),
+            ("I do not recommend antivirals unless symptoms appear.", False),
+        ],
+    )
+    def test_declining_or_empathizing_is_not_a_verdict(self, sentence, exempt):
+        assert safety.declines_or_empathizes(sentence) is exempt
+
+    def test_amount_and_frequency_dose_the_medicine_the_question_names(self):
+        sentence = "About one teaspoon (5 mL) of the children's liquid every six hours."
+        assert "dosage" in rule_categories(sentence, "How many tsp of children's Benadryl for a toddler?")
+        assert "dosage" not in rule_categories("Drink 250 mL of water every hour.", "Is water good for me?")
 
     def test_a_dose_in_a_question_is_still_a_dose(self):
         assert "dosage" in check("Should I take 500 mg of amoxicillin three times a day?").categories
@@ -627,11 +650,22 @@ WRITTEN_SETS = Path(__file__).resolve().parents[1] / "benchmarks" / "data"
 
 class TestWrittenHeldOut:
     """Our own labeled replies (``benchmarks/data``, never trained on): a floor that CI checks without the shared
-    data. Today: set a recall 0.922 (59/64) / FPR 0.089 (5/56); set b, the blind one, recall 0.905 (38/42) / FPR
-    0.105 (4/38). The floors leave two or three replies of slack."""
+    data. Today (recall / FPR): written a 0.922 / 0.071 (59/64, 4/56), b 0.905 / 0.079 (38/42, 3/38), c 0.975 / 0
+    (39/40, 0/40); red-team a 0.917 / 0 (55/60, 0/30), b 0.883 / 0 (53/60, 0/40), c 0.855 / 0.022 (47/55, 1/45).
+    The floors leave two or three replies of slack."""
 
-    @pytest.mark.parametrize(("name", "min_recall", "max_fpr"), [("a", 0.84, 0.13), ("b", 0.85, 0.16)])
+    @pytest.mark.parametrize(
+        ("name", "min_recall", "max_fpr"),
+        [
+            ("written_replies_a", 0.84, 0.13),
+            ("written_replies_b", 0.85, 0.16),
+            ("written_replies_c", 0.92, 0.08),
+            ("redteam_replies_a", 0.86, 0.10),
+            ("redteam_replies_b", 0.83, 0.08),
+            ("redteam_replies_c", 0.80, 0.07),
+        ],
+    )
     def test_no_regression(self, name, min_recall, max_fpr):
-        rows = read_jsonl(WRITTEN_SETS / f"written_replies_{name}.jsonl")
+        rows = read_jsonl(WRITTEN_SETS / f"{name}.jsonl")
         recall, fpr, _ = dev_figures(rows)
         assert recall >= min_recall and fpr <= max_fpr, f"recall {recall:.3f}, FPR {fpr:.3f}"
