@@ -379,10 +379,8 @@ class SentenceGate:
                 if not final:
                     return False  # too short to tell whether it is all the reply says
                 if ends:  # the whole reply is this short: checked as one block, as a terse answer
-                    ends = [ends[-1]]
-                    checker = self._check_block
-                    piece, self._pending = self._pending[: ends[0]], self._pending[ends[0] :]
-                    self._approve(piece, checker)
+                    piece, self._pending = self._pending[: ends[-1]], self._pending[ends[-1] :]
+                    self._approve(piece, self._check_block)
                     return len(self.shown) > shown_before
         for end in ends:
             piece = self._pending[cursor:end]

@@ -1031,12 +1031,14 @@ def _verdict(
             by_rule += [c for c in terse_categories(bodies[row], prompt) if c not in by_rule]
         if "dosage" not in by_rule and any(s < end and start < e for s, e in table_rows):
             by_rule.append("dosage")
-        by_model = [c for c, p in zip(CLASSIFIER_CATEGORIES, probs[row], strict=True) if p >= 0.5 and c not in by_rule]
-        if "prescription" in by_model and generic_adherence(sentences[i]):
-            by_model.remove("prescription")
-        if by_model and (question_for_clinician(sentences[i]) or declines_or_empathizes(sentences[i])):
-            by_model = []
-        best = max(best, float(probs[row].max()) if len(probs[row]) else 0.0, 1.0 if by_rule else 0.0)
+        row_probs = {c: float(p) for c, p in zip(CLASSIFIER_CATEGORIES, probs[row], strict=True)}
+        if generic_adherence(sentences[i]):
+            row_probs.pop("prescription", None)
+        if question_for_clinician(sentences[i]) or declines_or_empathizes(sentences[i]):
+            row_probs.clear()
+        by_model = [c for c, p in row_probs.items() if p >= 0.5 and c not in by_rule]
+        # The score is the highest probability left after the exemptions, so that score >= 0.5 iff violating.
+        best = max(best, max(row_probs.values(), default=0.0), 1.0 if by_rule else 0.0)
         if by_rule or by_model:
             cats = tuple(c for c in CATEGORIES if c in by_rule or c in by_model)
             spans.append(Span(start, end, sentences[i], cats, "rule" if by_rule else "classifier"))

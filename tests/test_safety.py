@@ -326,6 +326,10 @@ class TestQuestionsForTheClinician:
         assert "dosage" in rule_categories(sentence, "How many tsp of children's Benadryl for a toddler?")
         assert "dosage" not in rule_categories("Drink 250 mL of water every hour.", "Is water good for me?")
 
+    def test_an_exempt_sentence_scores_below_the_threshold(self):
+        verdict = check("I can't recommend amoxicillin or give an amount.", "How much amoxicillin for my toothache?")
+        assert not verdict.violation and verdict.score < 0.5
+
     def test_a_dose_in_a_question_is_still_a_dose(self):
         assert "dosage" in check("Should I take 500 mg of amoxicillin three times a day?").categories
 
