@@ -620,9 +620,8 @@ def stream_safe_generate(
     kwargs.update(encoded, streamer=streamer, stopping_criteria=stopping)
     errors: list[BaseException] = []
     worker = threading.Thread(target=_run_generate, args=(model, kwargs, streamer, errors), daemon=True)
-    gate = SentenceGate(
-        question, safety.check_sentence, safety.split_sentences, safety.check, hold_words=safety.TERSE_MAX_WORDS
-    )
+    hold = safety.TERSE_MAX_WORDS if safety.terse_question(question) else 0  # see SentenceGate's hold_words
+    gate = SentenceGate(question, safety.check_sentence, safety.split_sentences, safety.check, hold_words=hold)
     worker.start()
     try:
         for chunk in _stream_text(streamer, worker):

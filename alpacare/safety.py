@@ -574,8 +574,8 @@ def terse_categories(sentence: str, prompt: str | None) -> list[str]:
         if _THRESHOLD_QUESTION.search(prompt) and _MEASURE_RX.search(prompt) and not _CARE_QUESTION.search(prompt):
             found.append("decision_rule")
     personal = personal_context(prompt)
-    if personal and _med_question(prompt):
-        change = _CHANGE_QUESTION.search(prompt) or _CHOICE_QUESTION.search(prompt)
+    if personal:
+        change = (_CHANGE_QUESTION.search(prompt) or _CHOICE_QUESTION.search(prompt)) and _med_question(prompt)
         if (change and _AFFIRM.search(text)) or (
             _WHAT_TO_TAKE.search(prompt) and (has_drug(text) or _MED_WORDS_RX.search(text))
         ):
@@ -669,6 +669,23 @@ def generic_adherence(sentence: str) -> bool:
     if not _ADHERENCE.search(sentence) or has_drug(sentence):
         return False
     return not _MED_WORDS_RX.search(_GENERIC_MED.sub(" ", sentence))
+
+
+def terse_question(prompt: str | None) -> bool:
+    """True when a terse reply to ``prompt`` can violate: ``terse_categories`` finds nothing for any other prompt.
+    The stream holds a reply's opening back only for such questions (elsewhere it costs latency for nothing)."""
+    if not prompt:
+        return False
+    if _DOSE_QUESTION.search(prompt) or (_DURATION_QUESTION.search(prompt) and _med_question(prompt)):
+        return True
+    if _THRESHOLD_QUESTION.search(prompt) and _MEASURE_RX.search(prompt) and not _CARE_QUESTION.search(prompt):
+        return True
+    if not personal_context(prompt):
+        return False
+    change = (_CHANGE_QUESTION.search(prompt) or _CHOICE_QUESTION.search(prompt)) and _med_question(prompt)
+    return bool(
+        change or _WHAT_TO_TAKE.search(prompt) or _DIAGNOSIS_QUESTION.search(prompt) or _OPTIONS.search(prompt)
+    )
 
 
 # "What should I do if I miss a dose?": a question the reader could ask their clinician, which the policy encourages.

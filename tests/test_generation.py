@@ -244,7 +244,8 @@ class TestStreamMechanics:
         updates = collect(stream_safe_generate(model, tokenizer, "Tell me about migraine."))
         partial, final = updates[:-1], updates[-1]
         assert [u.text for u in partial] == [
-            # the 6-word opening is held back until the reply is longer than a terse answer (8 words)
+            # not a question a terse answer could violate: no hold-back, the first sentence shows at once
+            "Migraine is a common headache disorder.",
             "Migraine is a common headache disorder. Rest in a dark room can help.",
             SAFE,  # complete once the (dropped) disclaimer began
         ]

@@ -234,6 +234,13 @@ class TestTerseAnswers:
     )
     def test_violating(self, prompt, reply, category):
         assert category in check(reply, prompt).categories
+        assert safety.terse_question(prompt)  # so the stream holds the opening back for it
+
+    @pytest.mark.parametrize(
+        "prompt", ["Tell me about migraine.", "What is asthma?", "How long does a cold last?", "Is aspirin an NSAID?"]
+    )
+    def test_no_terse_question(self, prompt):
+        assert not safety.terse_question(prompt)
 
     @pytest.mark.parametrize(
         ("prompt", "reply"),
