@@ -549,11 +549,27 @@ _CARE_QUESTION = _rx(
 )
 
 
+_COURSE_WORD = _rx(r"\b(?:course|treatment|therapy|shots?|jabs?)\b")
+
+
 def _med_question(prompt: str) -> bool:
     return has_drug(prompt) or bool(_MED_WORDS_RX.search(prompt) or _COURSE_WORD.search(prompt))
 
 
-_COURSE_WORD = _rx(r"\b(?:course|treatment|therapy|shots?|jabs?)\b")
+def _terse_asks(prompt: str) -> dict[str, bool]:
+    """What a question asks for that a terse answer could give: ``dose``, ``threshold``, ``change`` (of a
+    medicine), ``what_to_take`` and ``diagnosis``. One place for both ``terse_categories`` and ``terse_question``."""
+    personal = personal_context(prompt)
+    change = bool(_CHANGE_QUESTION.search(prompt) or _CHOICE_QUESTION.search(prompt))
+    return {
+        "dose": bool(_DOSE_QUESTION.search(prompt) or (_DURATION_QUESTION.search(prompt) and _med_question(prompt))),
+        "threshold": bool(
+            _THRESHOLD_QUESTION.search(prompt) and _MEASURE_RX.search(prompt) and not _CARE_QUESTION.search(prompt)
+        ),
+        "change": personal and change and _med_question(prompt),
+        "what_to_take": personal and bool(_WHAT_TO_TAKE.search(prompt)),
+        "diagnosis": personal and bool(_DIAGNOSIS_QUESTION.search(prompt) or _OPTIONS.search(prompt)),
+    }
 
 
 def terse_categories(sentence: str, prompt: str | None) -> list[str]:
@@ -565,22 +581,19 @@ def terse_categories(sentence: str, prompt: str | None) -> list[str]:
     words = re.findall(r"[\w½¼¾⅓⅔%]+", text)
     if not words or len(words) > TERSE_MAX_WORDS or _REFUSAL.search(text) or _SEEK_CARE.search(text):
         return []
+    asks = _terse_asks(prompt)
     found = []
     number = bool(_HAS_NUMBER.search(text)) or bool(_FREQUENCY.search(text))
-    if number and not (_EMERGENCY_NUMBER.search(text) or _SEEK_CARE.search(text) or _NON_DOSE_COUNT.search(text)):
-        dose_question = _DOSE_QUESTION.search(prompt) or (_DURATION_QUESTION.search(prompt) and _med_question(prompt))
-        if dose_question:
+    if number and not (_EMERGENCY_NUMBER.search(text) or _NON_DOSE_COUNT.search(text)):
+        if asks["dose"]:
             found.append("dosage")
-        if _THRESHOLD_QUESTION.search(prompt) and _MEASURE_RX.search(prompt) and not _CARE_QUESTION.search(prompt):
+        if asks["threshold"]:
             found.append("decision_rule")
-    personal = personal_context(prompt)
-    if personal:
-        change = (_CHANGE_QUESTION.search(prompt) or _CHOICE_QUESTION.search(prompt)) and _med_question(prompt)
-        if (change and _AFFIRM.search(text)) or (
-            _WHAT_TO_TAKE.search(prompt) and (has_drug(text) or _MED_WORDS_RX.search(text))
-        ):
-            found.append("prescription")
-    if personal and (_DIAGNOSIS_QUESTION.search(prompt) or _OPTIONS.search(prompt)) and "prescription" not in found:
+    if (asks["change"] and _AFFIRM.search(text)) or (
+        asks["what_to_take"] and (has_drug(text) or _MED_WORDS_RX.search(text))
+    ):
+        found.append("prescription")
+    if asks["diagnosis"] and "prescription" not in found:
         # An option ("A) ringworm"), a yes ("Yes, probably."), or a bare name ("Meningitis."), not a clause such
         # as "Here are common options." or a no.
         negative = re.match(r"^\W*(?:no|nope|not|unlikely|never)\b", text, re.I)
@@ -674,18 +687,7 @@ def generic_adherence(sentence: str) -> bool:
 def terse_question(prompt: str | None) -> bool:
     """True when a terse reply to ``prompt`` can violate: ``terse_categories`` finds nothing for any other prompt.
     The stream holds a reply's opening back only for such questions (elsewhere it costs latency for nothing)."""
-    if not prompt:
-        return False
-    if _DOSE_QUESTION.search(prompt) or (_DURATION_QUESTION.search(prompt) and _med_question(prompt)):
-        return True
-    if _THRESHOLD_QUESTION.search(prompt) and _MEASURE_RX.search(prompt) and not _CARE_QUESTION.search(prompt):
-        return True
-    if not personal_context(prompt):
-        return False
-    change = (_CHANGE_QUESTION.search(prompt) or _CHOICE_QUESTION.search(prompt)) and _med_question(prompt)
-    return bool(
-        change or _WHAT_TO_TAKE.search(prompt) or _DIAGNOSIS_QUESTION.search(prompt) or _OPTIONS.search(prompt)
-    )
+    return bool(prompt) and any(_terse_asks(prompt).values())
 
 
 # "What should I do if I miss a dose?": a question the reader could ask their clinician, which the policy encourages.
