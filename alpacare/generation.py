@@ -304,15 +304,21 @@ def _is_table_line(text: str) -> bool:
     return text.count("|") >= 2 or "\t" in text.strip(" \n")
 
 
+def _is_fence(text: str) -> bool:
+    """The opening or closing line of a fenced code block (the checker reads code as a whole)."""
+    return text.strip().startswith("```")
+
+
 class SentenceGate:
     """Holds generated text back until a sentence is complete and the checker passed it.
 
     A sentence counts as complete once the splitter sees the next one begin (or generation has ended), so a
     sentence is never judged on a prefix ("Take 5" before "00 mg"). Text between sentences (spaces, list markers)
     is checked together with the sentence after it. A table is held back and checked as one block once it ends:
-    a row such as "| Ibuprofen | 400 |" is only a dose under its "Dose" header. Sentences of the disclaimer are
-    dropped: the final reply gets the disclaimer appended exactly once. A sentence that repeats an earlier one is
-    dropped too, and ``looping`` tells the caller to stop generating.
+    a row such as "| Ibuprofen | 400 |" is only a dose under its "Dose" header. So is a fenced code block: "if
+    score >= 4:" is a decision rule only with the 'return "prescribe antibiotics"' under it. Sentences of the
+    disclaimer are dropped: the final reply gets the disclaimer appended exactly once. A sentence that repeats an
+    earlier one is dropped too, and ``looping`` tells the caller to stop generating.
 
     Args:
         prompt: The user's request, passed to the checker (it says who the reply is addressed to).
@@ -323,6 +329,8 @@ class SentenceGate:
             ends within them is checked whole with ``check_block``. ``alpacare.safety.check`` judges a reply that
             short as a terse answer to the question ("5" to "how many days ...?"), which it cannot do sentence
             by sentence; holding the opening back keeps such an answer from being shown first.
+        count_words: How many words a piece adds to the reply's length for ``hold_words`` (default: all of its
+            words); ``alpacare.safety.terse_words``, so that the gate holds back what the checker judges as terse.
     """
 
     def __init__(
@@ -332,14 +340,17 @@ class SentenceGate:
         split_sentences: Callable[[str], list[tuple[int, int]]],
         check_block: Callable[..., Any] | None = None,
         hold_words: int = 0,
+        count_words: Callable[[str], int] | None = None,
     ) -> None:
         self.prompt = prompt
         self.hold_words = hold_words
+        self._count_words = count_words or (lambda text: len(re.findall(r"\w+", text)))
         self._check_sentence = check_sentence
         self._check_block = check_block or check_sentence
         self._split = split_sentences
         self._pending = ""
         self._table = ""
+        self._in_code = False
         self.shown = ""
         self.blocked = False
         self.categories: list[str] = []
@@ -374,7 +385,7 @@ class SentenceGate:
         shown_before, cursor = len(self.shown), 0
         if self.hold_words and not self.shown:
             pieces = [self._pending[a:b] for a, b in zip([0, *ends], ends, strict=False)]
-            words = sum(len(re.findall(r"\w+", p)) for p in pieces if not _is_disclaimer(p))
+            words = sum(self._count_words(p) for p in pieces if not _is_disclaimer(p))
             if words <= self.hold_words:
                 if not final:
                     return False  # too short to tell whether it is all the reply says
@@ -385,7 +396,9 @@ class SentenceGate:
         for end in ends:
             piece = self._pending[cursor:end]
             cursor = end
-            if _is_table_line(piece):
+            if _is_fence(piece):
+                self._in_code = not self._in_code
+            if self._in_code or _is_fence(piece) or _is_table_line(piece):
                 self._table += piece
                 continue
             if not self._approve_table() or not self._approve(piece, self._check_sentence):
@@ -621,7 +634,14 @@ def stream_safe_generate(
     errors: list[BaseException] = []
     worker = threading.Thread(target=_run_generate, args=(model, kwargs, streamer, errors), daemon=True)
     hold = safety.TERSE_MAX_WORDS if safety.terse_question(question) else 0  # see SentenceGate's hold_words
-    gate = SentenceGate(question, safety.check_sentence, safety.split_sentences, safety.check, hold_words=hold)
+    gate = SentenceGate(
+        question,
+        safety.check_sentence,
+        safety.split_sentences,
+        safety.check,
+        hold_words=hold,
+        count_words=safety.terse_words,
+    )
     worker.start()
     try:
         for chunk in _stream_text(streamer, worker):

@@ -218,6 +218,28 @@ class TestSentenceGate:
         assert blocks == ["| Name | Use |\n|---|---|\n| Rest | Sleep |"]
         assert gate.text.endswith("| Rest | Sleep |\nAsk a pharmacist.")
 
+    def test_a_code_block_is_checked_as_one_block_when_it_ends(self):
+        fake = FakeChecker()
+        blocks: list[str] = []
+
+        def check_block(text, prompt=None):
+            blocks.append(text)
+            return fake.check(text, prompt)
+
+        gate = SentenceGate("q", fake.check_sentence, fake.split_sentences, check_block)
+        gate.feed("Here it is:\n```python\nif score >= 4:\n    plan = 'rest'\n")
+        assert gate.text == "Here it is:" and not blocks  # the code block is not over yet
+        gate.feed("```\nCall it with booleans.", final=True)
+        assert blocks == ["```python\nif score >= 4:\n    plan = 'rest'\n```"]
+        assert gate.text.endswith("```\nCall it with booleans.")
+
+    def test_count_words_decides_what_is_held(self):
+        fake = FakeChecker()
+        count = lambda text: 0 if "doctor" in text else len(text.split())  # noqa: E731
+        gate = SentenceGate("q", fake.check_sentence, fake.split_sentences, hold_words=8, count_words=count)
+        assert not gate.feed("Five days. See a doctor if it gets worse or you feel unwell. ")  # 2 words that count
+        assert gate.feed("", final=True) and gate.text.startswith("Five days.")
+
     def test_repeated_sentences_are_dropped_and_flag_a_loop(self):
         gate = self.gate(FakeChecker())
         gate.feed("I am so sorry. Rest is good for you. Rest is good for you. Ok. Ok. ")
