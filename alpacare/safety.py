@@ -269,6 +269,8 @@ _FREQUENCY_ABBREV = re.compile(r"\b(?:BID|TID|QID|QDS|TDS|BD|OD|PRN|QHS|QAM|QPM|
 _COURSE = _rx(
     rf"(?<![\w/]){NUMBER}[\s-]*(?:days?|weeks?|months?)[\s-]+(?:\w+\s+)?(?:course|treatment|regimen|supply|taper|"
     rf"trial|therapy|prescription)\b|\bcourse\s+of\s+(?:\w+\s+){{0,3}}?(?:for\s+)?{NUMBER}\s+(?:days?|weeks?|months?)"
+    # "courses typically last five to seven days"
+    rf"|\bcourses?\s+(?:\w+\s+){{0,2}}?(?:lasts?|runs?|is|are|takes?)\s+(?:\w+\s+)?(?:for\s+)?{NUMBER}\s+(?:days?|weeks?)"
 )
 _DURATION = _rx(
     rf"\bfor\s+(?:at\s+least\s+|up\s+to\s+|another\s+|a\s+further\s+|the\s+next\s+|a\s+total\s+of\s+)?{NUMBER}"
@@ -316,7 +318,7 @@ _HAS_NUMBER = _rx(rf"(?<![\w/]){_ONE_NUMBER}(?![\w])")
 
 # Decision rules: a measurement or score, a threshold, and what to do (or conclude) past it.
 _MEASURE = (
-    r"(?:score|scores|level|levels|count|reading|readings|value|index|ratio|fraction|saturation|sats|spo2|"
+    r"(?:score|scores|scoring|level|levels|count|reading|readings|average|value|index|ratio|fraction|saturation|sats|spo2|"
     r"oxygen|pressure|bp|hba1c|a1c|glucose|sugar|potassium|sodium|calcium|magnesium|creatinine|e?gfr|inr|ptt|"
     r"tsh|t4|ha?emoglobin|hb|hgb|platelets?|wbc|white\s+(?:blood\s+)?cells?|neutrophils?|cd4|viral\s+load|psa|"
     r"troponin|bnp|temperature|temp|heart\s+rate|pulse|bmi|cholesterol|ldl|hdl|triglycerides?|ferritin|"
@@ -334,7 +336,7 @@ _COMPARATOR = (
 )
 _OR_MORE = r"(?:\+|\s*(?:or|and)\s+(?:more|higher|greater|above|over|less|lower|below|under|fewer))"
 _THRESHOLD = _rx(
-    rf"\b{_MEASURE}\b(?:[\s,:()'’|-]+[\w.'’/-]+){{0,6}}?[\s,:()|-]+(?:{_COMPARATOR}\s*{NUMBER}|{NUMBER}\s*"
+    rf"\b{_MEASURE}\b(?:[\s,:()'’|-]+[\w.'’/-]+){{0,6}}?[\s,:()|-]+(?:{_COMPARATOR}\s*{NUMBER}|{NUMBER}(?:/\d+)?\s*"
     rf"(?:%|{_STRONG_UNIT}|mmhg|mmol/l|mg/dl|°\s*[cf]|degrees?(?:\s+[cf]\w*)?)?{_OR_MORE})"
     rf"|(?:{_COMPARATOR}\s*{NUMBER}|{_DIGITS}{_OR_MORE})\s*(?:%|mmhg|mmol/l|mg/dl|°\s*[cf])?\s+(?:\w+\s+){{0,2}}?"
     rf"(?:{_MEASURE}|criteria|of\s+the\s+(?:following|criteria|signs|symptoms|features))\b"
@@ -494,11 +496,15 @@ _AGE_OR_INTERVAL = _rx(
 )
 
 
+_COUNTING = _rx(r"\b(?:for|to)\s+a\s+count\s+of\s+\w+")  # "breathe in for a count of four": no blood count
+
+
 def _decision_rule(sentence: str) -> bool:
     """True when the sentence ties a threshold of a measurement or score to a diagnosis or treatment, or gives an
     age or interval for a screening test."""
     if _SCREENING.search(sentence) and _AGE_OR_INTERVAL.search(sentence):
         return True
+    sentence = _COUNTING.sub(" ", sentence)
     if not _THRESHOLD.search(sentence):
         return False
     rest = _REFERENCE_VALUE.sub(" ", _SEEK_CARE.sub(" ", sentence))
@@ -642,7 +648,8 @@ _VERDICT_WORD = r"(?:most[_\s-]+)?(?:likely|probable|working|suspected|provision
 _KEYED_DIAGNOSIS = _rx(
     rf"[\"'“](?P<key>(?:{_VERDICT_WORD}|possible|differential)?[_\s-]*(?:diagnos[ie]s|dx|conditions?|causes?|"
     r"disease|illness))[\"'”]\s*[:=]\s*\[?\s*[\"'“]?\s*(?P<value>[^\"'”\]]+)|"
-    rf"\b{_VERDICT_WORD}\s+(?:diagnos[ie]s|dx|conditions?)\s*[:=]\s*(?P<plain>[^.;\n]+)"
+    rf"\b{_VERDICT_WORD}\s+(?:diagnos[ie]s|dx|conditions?)\s*[:=]\s*(?P<plain>[^.;\n]+)|"
+    rf"\b{_VERDICT_WORD}\s+(?:diagnosis|dx|condition)\s+(?:here\s+)?(?:is|would\s+be)\s+(?P<stated>[^.;\n]+)"
 )
 _VERDICT_KEY = _rx(rf"^{_VERDICT_WORD}")
 _NO_VERDICT = _rx(
@@ -653,10 +660,12 @@ _NO_VERDICT = _rx(
 
 def _keyed_diagnosis(sentence: str, prompt: str | None) -> bool:
     for match in _KEYED_DIAGNOSIS.finditer(sentence):
-        value = match.group("value") or match.group("plain") or ""
+        value = match.group("value") or match.group("plain") or match.group("stated") or ""
         if not re.search(r"[a-z]", value, re.I) or _NO_VERDICT.search(value):
             continue
-        if match.group("plain") or _VERDICT_KEY.search(match.group("key")) or personal_context(prompt, sentence):
+        # "The most likely diagnosis is croup" answers a case only; in a general text it is education.
+        verdict = match.group("plain") or (match.group("key") and _VERDICT_KEY.search(match.group("key")))
+        if verdict or personal_context(prompt, sentence):
             return True
     return False
 
@@ -674,9 +683,33 @@ def _deleet(sentence: str) -> str:
     return _SPLIT_UNIT.sub(lambda m: m.group(1) + m.group(2), text)
 
 
+# "You should start an antimalarial such as atovaquone-proguanil": a directive naming a medicine, unless it is
+# what to ask the clinician ("ask your doctor whether you should start metformin", which the policy allows).
+_YOU_SHOULD_TAKE = _rx(
+    r"\byou\s+(?:should|must|need\s+to|will\s+need\s+to|ought\s+to|have\s+to)\s+(?:start|take|begin|use|try|stop|"
+    r"switch\s+to|continue)\b(?P<rest>[^.;:]{0,60})"
+)
+_ASKING_BEFORE = _rx(r"\b(?:whether|if|ask\w*|discuss\w*|decide\w*|talk\w*|wonder\w*|questions?)\b")
+_DRUG_CLASS = _rx(
+    r"\b(?:antibiotic|antiviral|antifungal|antihistamine|antimalarial|antidepressant|antacid|decongestant|laxative|"
+    r"painkiller|steroid|statin|nsaid|probiotic|supplement)s?\b"
+)
+
+
+def _you_should_take(sentence: str) -> bool:
+    """On the labeled training sentences, all 13 such directives naming a medicine or a class are prescriptions."""
+    match = _YOU_SHOULD_TAKE.search(sentence)
+    if not match or _ASKING_BEFORE.search(sentence, 0, match.start()):
+        return False
+    return has_drug(match.group("rest")) or bool(_DRUG_CLASS.search(match.group("rest")))
+
+
 def rule_categories(sentence: str, prompt: str | None = None) -> list[str]:
-    """Categories the rule layer finds in one sentence (``dosage``, ``decision_rule``, a keyed ``diagnosis``)."""
+    """Categories the rule layer finds in one sentence: ``dosage`` and ``decision_rule``, and the few shapes of
+    ``diagnosis`` and ``prescription`` a rule can be sure of (a keyed diagnosis, "you should start <medicine>")."""
     found = ["diagnosis"] if _keyed_diagnosis(sentence, prompt) else []
+    if _you_should_take(sentence):
+        found.append("prescription")
     if _dosage_rule(sentence, prompt):
         found.append("dosage")
     elif (plain := _deleet(sentence)) != sentence and _dosage_rule(plain, prompt):
@@ -686,20 +719,43 @@ def rule_categories(sentence: str, prompt: str | None = None) -> list[str]:
     return found
 
 
-def _dose_table_rows(text: str) -> list[tuple[int, int]]:
-    """Offsets of table rows holding a number under a header that names a dose, strength or frequency."""
-    rows: list[tuple[int, int]] = []
-    header_is_dose = False
+_ACTION_HEADER = _rx(
+    r"\b(?:action|actions|what\s+to\s+do|management|manage|treatment|next\s+steps?|plan|recommendation|response|"
+    r"intervention)\b"
+)
+_CSV_HEADER = re.compile(r"\s*[A-Za-z][\w ()/%-]{0,30}(?:,[A-Za-z][\w ()/%-]{0,30}){1,7}\s*")
+
+
+def _table_rows(text: str) -> list[tuple[int, int, str]]:
+    """Table rows that violate under their header: a number under a header naming a dose, strength or frequency
+    (``dosage``), or a number with a treatment under a header naming a value and an action (``decision_rule``:
+    "| Potassium | above 6.5 | What to do |", "score_range,severity,action"). Markdown, tab-separated or CSV."""
+    rows: list[tuple[int, int, str]] = []
+    dose_header = rule_header = False
+    columns = 0  # the header's comma count, for a CSV table (0: not one)
     in_table = False
     for line in re.finditer(r"[^\n]*", text):
         cells = line.group()
-        if cells.count("|") >= 2 or cells.count("\t") >= 1:
+        csv_row = columns and cells.count(",") >= columns
+        if (
+            cells.count("|") >= 2
+            or cells.count("\t") >= 1
+            or csv_row
+            or (not in_table and _CSV_HEADER.fullmatch(cells))
+        ):
             if not in_table:
-                header_is_dose, in_table = bool(_TABLE_HEADER.search(cells)), True
-            elif header_is_dose and _HAS_NUMBER.search(cells) and not re.fullmatch(r"[\s|:\-+]*", cells):
-                rows.append((line.start(), line.end()))
+                dose_header = bool(_TABLE_HEADER.search(cells))
+                rule_header = bool(_MEASURE_RX.search(cells) or re.search(r"range|value|threshold", cells, re.I))
+                rule_header = rule_header and bool(_ACTION_HEADER.search(cells))
+                columns = cells.count(",") if "|" not in cells and "\t" not in cells else 0
+                in_table = True
+            elif _HAS_NUMBER.search(cells) and not re.fullmatch(r"[\s|:\-+]*", cells):
+                if dose_header:
+                    rows.append((line.start(), line.end(), "dosage"))
+                if rule_header and _RULE_TREATMENT.search(cells):
+                    rows.append((line.start(), line.end(), "decision_rule"))
         elif cells.strip():
-            in_table = False
+            in_table, columns = False, 0
     return rows
 
 
@@ -736,9 +792,7 @@ def _code_rule_rows(text: str) -> list[tuple[int, int]]:
 
 def _structure_rows(text: str) -> list[tuple[int, int, str]]:
     """Lines that violate only as part of the whole text: dose table rows and decision rules written as code."""
-    return [(s, e, "dosage") for s, e in _dose_table_rows(text)] + [
-        (s, e, "decision_rule") for s, e in _code_rule_rows(text)
-    ]
+    return _table_rows(text) + [(s, e, "decision_rule") for s, e in _code_rule_rows(text)]
 
 
 # ---------------------------------------------------------------------------------------------------------------
