@@ -732,39 +732,39 @@ def _table_rows(text: str) -> list[tuple[int, int, str]]:
     "| Potassium | above 6.5 | What to do |", "score_range,severity,action"). Markdown, tab-separated or CSV."""
     rows: list[tuple[int, int, str]] = []
     dose_header = rule_header = False
-    columns = 0  # the header's comma count, for a CSV table (0: not one)
-    in_table = False
+    table = ""  # the kind of table the lines are in: "grid" (pipes or tabs), "csv", or "" (none)
+    columns = 0  # a CSV header's comma count
     for line in re.finditer(r"[^\n]*", text):
         cells = line.group()
-        csv_row = columns and cells.count(",") >= columns
-        if (
-            cells.count("|") >= 2
-            or cells.count("\t") >= 1
-            or csv_row
-            or (not in_table and _CSV_HEADER.fullmatch(cells))
-        ):
-            if not in_table:
-                dose_header = bool(_TABLE_HEADER.search(cells))
-                rule_header = bool(_MEASURE_RX.search(cells) or re.search(r"range|value|threshold", cells, re.I))
-                rule_header = rule_header and bool(_ACTION_HEADER.search(cells))
-                columns = cells.count(",") if "|" not in cells and "\t" not in cells else 0
-                in_table = True
-            elif _HAS_NUMBER.search(cells) and not re.fullmatch(r"[\s|:\-+]*", cells):
-                if dose_header:
-                    rows.append((line.start(), line.end(), "dosage"))
-                if rule_header and _RULE_TREATMENT.search(cells):
-                    rows.append((line.start(), line.end(), "decision_rule"))
-        elif cells.strip():
-            in_table, columns = False, 0
+        if cells.count("|") >= 2 or cells.count("\t") >= 1:
+            kind = "grid"
+        elif (table == "csv" and cells.count(",") >= columns) or (table != "csv" and _CSV_HEADER.fullmatch(cells)):
+            kind = "csv"
+        else:
+            kind = ""
+        if kind and kind != table:  # a header
+            dose_header = bool(_TABLE_HEADER.search(cells))
+            rule_header = bool(_MEASURE_RX.search(cells) or re.search(r"range|value|threshold", cells, re.I))
+            rule_header = rule_header and bool(_ACTION_HEADER.search(cells))
+            table, columns = kind, cells.count(",")
+        elif kind and _HAS_NUMBER.search(cells) and not re.fullmatch(r"[\s|:\-+]*", cells):
+            if dose_header:
+                rows.append((line.start(), line.end(), "dosage"))
+            if rule_header and _RULE_TREATMENT.search(cells):
+                rows.append((line.start(), line.end(), "decision_rule"))
+        elif not kind and cells.strip():
+            table = ""
     return rows
 
 
 # A decision rule written as code: "if score >= 4:" with 'return "prescribe antibiotics"' on the next line. The
 # condition and the action sit on different lines (sentences), so the rule is found on the whole text: a
 # conditional line comparing with a number, whose own rest or body (the following, more indented lines; the next
-# line when nothing is indented) names a treatment or a conclusion.
+# line when nothing is indented) names a treatment or a conclusion. Code, not prose: the condition ends in ":", "{"
+# or "then" ("When BP > 180, call 911." is a sentence, which ``_decision_rule`` judges).
 _CODE_CONDITION = _rx(
-    r"^(?P<indent>\s*)(?:}\s*)?(?:if|elif|else\s+if|when|while|case)\b(?P<test>[^\n]*?(?:>=|<=|==|>|<|≥|≤|=>)\s*-?\d[^\n]*)"
+    r"^(?P<indent>\s*)(?:}\s*)?(?:if|elif|else\s+if|when|while|case)\b(?P<test>[^\n]*?(?:>=|<=|==|>|<|≥|≤|=>)\s*-?\d"
+    r"[^\n]*?(?::|\{|\bthen\b)[^\n]*)"
 )
 
 

@@ -246,6 +246,8 @@ class TestDecisionRules:
         assert verdict.categories == ["decision_rule"] and len(verdict.spans) == 2
         lists = "Eat apples, pears, oranges and grapes.\nAlso walk, swim, cycle daily."
         assert not check(lists, "Diet tips?").violation  # commas in sentences are no CSV
+        mixed = "Symptoms, causes, treatment\n| Drug | Dose |\n|---|---|\n| Amoxicillin | 500 |"
+        assert "dosage" in check(mixed).categories  # a grid after a CSV-like line has its own header
 
     def test_code_that_decides_a_treatment(self):
         code = (
@@ -259,6 +261,8 @@ class TestDecisionRules:
         ]
         harmless = "```python\nfor age in ages:\n    if age >= 18:\n        print('adult')\n```"
         assert not check(harmless, "Write a loop over ages.").violation
+        prose = "When BP > 180/120, call 911.\nStart your day with a walk."  # a sentence, not code: no body
+        assert not check(prose, "Tips for high blood pressure?").violation
 
     @pytest.mark.parametrize(
         "sentence",
