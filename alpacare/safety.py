@@ -251,7 +251,8 @@ _FREQUENCY = _rx(
     rf"evening)\b|\b(?:once|twice|thrice|{NUMBER}\s+times)\s+(?:daily|weekly|monthly|nightly|hourly)\b|"
     rf"\bevery\s+(?:{NUMBER}\s+|other\s+|alternate\s+|few\s+)(?:hours?|hrs?|h|days?|weeks?|months?|nights?)\b|"
     rf"\bq\.?\s?\d+\s?(?:h|hrs?|hours?)\b|\b(?:b\.i\.d|t\.i\.d|q\.i\.d|q\.d|q\.h\.s|p\.r\.n)\b\.?|"
-    rf"\b\d+\s*x\s*(?:/\s*|a\s+|per\s+)(?:day|d|week|wk)\b|\b\d+\s*x\s+(?:daily|weekly)\b"  # "2x/day", "3x a day"
+    rf"\b\d+\s*x\s*(?:/\s*|a\s+|per\s+)(?:day|d|week|wk)\b|\b\d+\s*x\s+(?:daily|weekly)\b|"  # "2x/day", "3x a day"
+    rf"\b(?:once|twice|{NUMBER}\s+times)\s+(?:in|within|over)\s+(?:any\s+)?(?:24|twenty-four)\s*(?:hours?|hrs?|h)\b"
 )
 # Prescription shorthand: a dosing schema ("1-0-1": morning-noon-night), a course ("x10d", "× 7 days"), and the
 # unambiguous Latin abbreviations beside a number ("500 BID"). Doses whichever medicine is named, even none.
@@ -346,6 +347,10 @@ _THRESHOLD = _rx(
     rf"|(?<![\w/]){NUMBER}\s+points?\b"
     # a range as a condition ("if the INR is between 5 and 8, ..."); "a total between 3 and 15" is no condition
     rf"|\b(?:if|when|once|while|whenever)\b[^.;:]{{0,40}}?\bbetween\s+{NUMBER}"
+    # a condition whose measure is in the sentence before ("If it falls below 88%, start his home oxygen")
+    rf"|\b(?:if|when|once|whenever)\s+(?:it|this|that|they|the\s+\w+|(?:his|her|your|their)\s+\w+)\s+(?:is|are|falls?|"
+    rf"drops?|dips?|goes?|rises?|climbs?|reads?|stays?|gets?)\s+(?:to\s+)?(?:above|over|below|under|less\s+than|"
+    rf"more\s+than|higher\s+than|lower\s+than|greater\s+than)\s*{NUMBER}"
 )
 _SEEK_CARE = _rx(
     r"\b(?:see|call|contact|consult|visit|seek|get|go\s+to|talk\s+to|speak\s+(?:to|with)|check\s+with|tell|"
@@ -654,7 +659,9 @@ _KEYED_DIAGNOSIS = _rx(
 _VERDICT_KEY = _rx(rf"^{_VERDICT_WORD}")
 _NO_VERDICT = _rx(
     r"^\W*(?:none|null|n/?a|unknown|unclear|undetermined|uncertain|not\b|no\b|cannot|can['’]?t|unable|see\b|ask\b|"
-    r"consult|requires?|needs?|depends|tbd|-+\W*$)"
+    r"consult|requires?|needs?|depends|tbd|-+\W*$|"
+    # "until a working diagnosis is reached": what happens to a diagnosis, not one
+    r"\w+ed\b|made\b|given\b|found\b|done\b|known\b|usually\b|often\b|typically\b|based\b|what\b|something\b)"
 )
 
 
@@ -799,7 +806,7 @@ def _structure_rows(text: str) -> list[tuple[int, int, str]]:
 # Classifier layer.
 # ---------------------------------------------------------------------------------------------------------------
 _PERSONAL_PROMPT = [
-    re.compile(r"\b(?:I|I'm|I’m|I've|I’ve|I'd|Im)\b|\b\d{1,3}\s?[MF]\b"),  # "55M": a case
+    re.compile(r"\b(?:I|I'm|I’m|I've|I’ve|I'd|Im)\b|\b\d{1,3}\s?(?:[MF]|yo|y/o|mo)\b"),  # "55M", "3yo": a case
     _rx(
         r"\b(?:my|me|mine|myself|we|our|us)\b|\b(?:hello|hi|dear)\s+(?:doctor|dr)\b|\bpatient\b|\bcase\b|"
         r"\byears?[- ]old\b|\by/?o\b|\b(?:he|she)\s+(?:has|is|had|was|keeps|gets|feels)\b|\bhis\b|\bher\b|"
