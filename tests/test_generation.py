@@ -159,6 +159,17 @@ class TestSentenceGate:
     def gate(self, fake: FakeChecker) -> SentenceGate:
         return SentenceGate("q", fake.check_sentence, fake.split_sentences)
 
+    @staticmethod
+    def block_gate(**kwargs) -> tuple[SentenceGate, list[str]]:
+        """A gate whose ``check_block`` records every block it is given."""
+        fake, blocks = FakeChecker(), []
+
+        def check_block(text, prompt=None):
+            blocks.append(text)
+            return fake.check(text, prompt)
+
+        return SentenceGate("q", fake.check_sentence, fake.split_sentences, check_block, **kwargs), blocks
+
     def test_holds_a_sentence_until_the_next_one_starts(self):
         gate = self.gate(FakeChecker())
         assert not gate.feed("Take 5")
@@ -186,52 +197,32 @@ class TestSentenceGate:
         assert fake.checked[-1] == "Last words without a stop"
 
     def test_hold_words_keeps_a_short_opening_back(self):
-        fake = FakeChecker()
-        blocks: list[str] = []
-
-        def check_block(text, prompt=None):
-            blocks.append(text)
-            return fake.check(text, prompt)
-
-        gate = SentenceGate("q", fake.check_sentence, fake.split_sentences, check_block, hold_words=8)
+        gate, blocks = self.block_gate(hold_words=8)
         assert not gate.feed("Rest helps. Drink water. ")
         assert not gate.feed("Sleep well. Walk")  # 6 words in complete sentences: still held
         assert gate.feed(" daily. Eat well too. And")
         assert gate.text == "Rest helps. Drink water. Sleep well. Walk daily. Eat well too." and not blocks
-        short = SentenceGate("q", fake.check_sentence, fake.split_sentences, check_block, hold_words=8)
+        short, blocks = self.block_gate(hold_words=8)
         assert not short.feed("Five. ")
         assert short.feed("", final=True)
         assert short.text == "Five." and blocks == ["Five."]  # the whole short reply, checked as one block
 
-    def test_a_table_is_checked_as_one_block_when_it_ends(self):
-        fake = FakeChecker()
-        blocks: list[str] = []
-
-        def check_block(text, prompt=None):
-            blocks.append(text)
-            return fake.check(text, prompt)
-
-        gate = SentenceGate("q", fake.check_sentence, fake.split_sentences, check_block)
-        gate.feed("Common options:\n| Name | Use |\n|---|---|\n| Rest | Sleep |\n")
-        assert gate.text == "Common options:" and not blocks  # the table is not over yet
-        gate.feed("Ask a pharmacist.", final=True)
-        assert blocks == ["| Name | Use |\n|---|---|\n| Rest | Sleep |"]
-        assert gate.text.endswith("| Rest | Sleep |\nAsk a pharmacist.")
-
-    def test_a_code_block_is_checked_as_one_block_when_it_ends(self):
-        fake = FakeChecker()
-        blocks: list[str] = []
-
-        def check_block(text, prompt=None):
-            blocks.append(text)
-            return fake.check(text, prompt)
-
-        gate = SentenceGate("q", fake.check_sentence, fake.split_sentences, check_block)
-        gate.feed("Here it is:\n```python\nif score >= 4:\n    plan = 'rest'\n")
-        assert gate.text == "Here it is:" and not blocks  # the code block is not over yet
-        gate.feed("```\nCall it with booleans.", final=True)
-        assert blocks == ["```python\nif score >= 4:\n    plan = 'rest'\n```"]
-        assert gate.text.endswith("```\nCall it with booleans.")
+    @pytest.mark.parametrize(
+        ("opening", "block", "closing"),
+        [
+            ("Common options:", "| Name | Use |\n|---|---|\n| Rest | Sleep |", "Ask a pharmacist."),
+            ("Here it is:", "```python\nif score >= 4:\n    plan = 'rest'\n```", "Call it with booleans."),
+        ],
+        ids=["table", "code"],
+    )
+    def test_a_table_or_code_is_checked_as_one_block_when_it_ends(self, opening, block, closing):
+        gate, blocks = self.block_gate()
+        head, last = block.rsplit("\n", 1)
+        gate.feed(f"{opening}\n{head}\n")
+        assert gate.text == opening and not blocks  # the block is not over yet
+        gate.feed(f"{last}\n{closing}", final=True)
+        assert blocks == [block]
+        assert gate.text.endswith(f"{last}\n{closing}")
 
     def test_count_words_decides_what_is_held(self):
         fake = FakeChecker()
