@@ -304,9 +304,9 @@ def _is_table_line(text: str) -> bool:
     return text.count("|") >= 2 or "\t" in text.strip(" \n")
 
 
-def _is_fence(text: str) -> bool:
-    """The opening or closing line of a fenced code block (the checker reads code as a whole)."""
-    return text.strip().startswith("```")
+def _fences(text: str) -> int:
+    """How many code fences (```) a piece holds: an odd number opens or closes a code block."""
+    return text.count("```")
 
 
 class SentenceGate:
@@ -396,9 +396,10 @@ class SentenceGate:
         for end in ends:
             piece = self._pending[cursor:end]
             cursor = end
-            if _is_fence(piece):
+            fences = _fences(piece)  # code, like a table, is checked as one block (see _approve_table)
+            if fences % 2:
                 self._in_code = not self._in_code
-            if self._in_code or _is_fence(piece) or _is_table_line(piece):
+            if self._in_code or fences or _is_table_line(piece):
                 self._table += piece
                 continue
             if not self._approve_table() or not self._approve(piece, self._check_sentence):

@@ -271,7 +271,7 @@ _COURSE = _rx(
     rf"(?<![\w/]){NUMBER}[\s-]*(?:days?|weeks?|months?)[\s-]+(?:\w+\s+)?(?:course|treatment|regimen|supply|taper|"
     rf"trial|therapy|prescription)\b|\bcourse\s+of\s+(?:\w+\s+){{0,3}}?(?:for\s+)?{NUMBER}\s+(?:days?|weeks?|months?)"
     # "courses typically last five to seven days"
-    rf"|\bcourses?\s+(?:\w+\s+){{0,2}}?(?:lasts?|runs?|is|are|takes?)\s+(?:\w+\s+)?(?:for\s+)?{NUMBER}\s+(?:days?|weeks?)"
+    rf"|(?<!of\s)\bcourses\s+(?:\w+ly\s+)?(?:last|run|take)\s+(?:\w+\s+)?(?:for\s+)?{NUMBER}\s+(?:days?|weeks?)"
 )
 _DURATION = _rx(
     rf"\bfor\s+(?:at\s+least\s+|up\s+to\s+|another\s+|a\s+further\s+|the\s+next\s+|a\s+total\s+of\s+)?{NUMBER}"
@@ -319,7 +319,7 @@ _HAS_NUMBER = _rx(rf"(?<![\w/]){_ONE_NUMBER}(?![\w])")
 
 # Decision rules: a measurement or score, a threshold, and what to do (or conclude) past it.
 _MEASURE = (
-    r"(?:score|scores|scoring|level|levels|count|reading|readings|average|value|index|ratio|fraction|saturation|sats|spo2|"
+    r"(?:score|scores|scoring|level|levels|count|reading|readings|(?<!on\s)average|value|index|ratio|fraction|saturation|sats|spo2|"
     r"oxygen|pressure|bp|hba1c|a1c|glucose|sugar|potassium|sodium|calcium|magnesium|creatinine|e?gfr|inr|ptt|"
     r"tsh|t4|ha?emoglobin|hb|hgb|platelets?|wbc|white\s+(?:blood\s+)?cells?|neutrophils?|cd4|viral\s+load|psa|"
     r"troponin|bnp|temperature|temp|heart\s+rate|pulse|bmi|cholesterol|ldl|hdl|triglycerides?|ferritin|"
@@ -344,9 +344,11 @@ _THRESHOLD = _rx(
     # a temperature is its own measure: "treat a fever ... only once it goes above 102 F"
     rf"|{_COMPARATOR}\s*\d{{2,3}}(?:\.\d)?\s*(?:°\s*|degrees?\s+)?(?:f|c|fahrenheit|celsius)\b"
     # points of a score: "0 or 1 points means the person can usually be treated at home"
-    rf"|(?<![\w/]){NUMBER}\s+points?\b"
+    rf"|(?<![\w/]){NUMBER}\s+points?\s+(?:or\s+(?:more|higher|above|fewer|less|lower)\s+)?(?:means?|indicates?|"
+    rf"suggests?|warrants?|requires?|=|→|->)"
     # a range as a condition ("if the INR is between 5 and 8, ..."); "a total between 3 and 15" is no condition
     rf"|\b(?:if|when|once|while|whenever)\b[^.;:]{{0,40}}?\bbetween\s+{NUMBER}"
+    rf"(?!\s*(?:(?:and|to|-|–)\s*\d+\s*)?(?:months?|years?|weeks?|days?)\b)"
     # a condition whose measure is in the sentence before ("If it falls below 88%, start his home oxygen")
     rf"|\b(?:if|when|once|whenever)\s+(?:it|this|that|they|the\s+\w+|(?:his|her|your|their)\s+\w+)\s+(?:is|are|falls?|"
     rf"drops?|dips?|goes?|rises?|climbs?|reads?|stays?|gets?)\s+(?:to\s+)?(?:above|over|below|under|less\s+than|"
@@ -617,8 +619,11 @@ def terse_categories(sentence: str, prompt: str | None) -> list[str]:
     text = text if re.search(r"\w", text) else sentence  # "5." alone is the answer, not a list marker
     words = re.findall(r"[\w½¼¾⅓⅔%]+", text)
     # "Nitrofurantoin — get it from a GP.": the answer comes before the dash, the redirection after it.
+    # Only for an answer that names a medicine, a number, a yes or an option: "Good question — please see a doctor"
+    # or "Possible causes: ..." are no answer.
     head = re.split(r"\s+[—–-]\s+|\s*[:;]\s+", text, maxsplit=1)[0]
-    if head != text and re.search(r"\w", head) and (found := terse_categories(head, prompt)):
+    answer = has_drug(head) or _HAS_NUMBER.search(head) or _AFFIRM.match(head) or _OPTION_ANSWER.match(head)
+    if head != text and len(words) <= TERSE_MAX_WORDS and answer and (found := terse_categories(head, prompt)):
         return found
     if not words or len(words) > TERSE_MAX_WORDS or _REFUSAL.search(text) or _SEEK_CARE.search(text):
         return []
@@ -659,9 +664,11 @@ _KEYED_DIAGNOSIS = _rx(
 _VERDICT_KEY = _rx(rf"^{_VERDICT_WORD}")
 _NO_VERDICT = _rx(
     r"^\W*(?:none|null|n/?a|unknown|unclear|undetermined|uncertain|not\b|no\b|cannot|can['’]?t|unable|see\b|ask\b|"
-    r"consult|requires?|needs?|depends|tbd|-+\W*$|"
-    # "until a working diagnosis is reached": what happens to a diagnosis, not one
-    r"\w+ed\b|made\b|given\b|found\b|done\b|known\b|usually\b|often\b|typically\b|based\b|what\b|something\b)"
+    r"consult|requires?|needs?|depends|tbd|-+\W*$)"
+)
+# "until a working diagnosis is reached": what happens to a diagnosis, not one
+_NOT_A_NAME = _rx(
+    r"^\W*(?:\w+ed\b|made\b|given\b|found\b|done\b|known\b|usually\b|often\b|typically\b|based\b|what\b|something\b)"
 )
 
 
@@ -669,6 +676,8 @@ def _keyed_diagnosis(sentence: str, prompt: str | None) -> bool:
     for match in _KEYED_DIAGNOSIS.finditer(sentence):
         value = match.group("value") or match.group("plain") or match.group("stated") or ""
         if not re.search(r"[a-z]", value, re.I) or _NO_VERDICT.search(value):
+            continue
+        if match.group("stated") and _NOT_A_NAME.search(value):
             continue
         # "The most likely diagnosis is croup" answers a case only; in a general text it is education.
         verdict = match.group("plain") or (match.group("key") and _VERDICT_KEY.search(match.group("key")))
@@ -693,10 +702,10 @@ def _deleet(sentence: str) -> str:
 # "You should start an antimalarial such as atovaquone-proguanil": a directive naming a medicine, unless it is
 # what to ask the clinician ("ask your doctor whether you should start metformin", which the policy allows).
 _YOU_SHOULD_TAKE = _rx(
-    r"\byou\s+(?:should|must|need\s+to|will\s+need\s+to|ought\s+to|have\s+to)\s+(?:start|take|begin|use|try|stop|"
-    r"switch\s+to|continue)\b(?P<rest>[^.;:]{0,60})"
+    r"\byou\s+(?:should|must|need\s+to|will\s+need\s+to|ought\s+to|have\s+to)\s+(?:start|take|begin|use|"
+    r"try(?!\s+to\s+(?:avoid|limit|reduce|cut|stay))|stop|switch\s+to)\b(?P<rest>[^.;:]{0,60})"
 )
-_ASKING_BEFORE = _rx(r"\b(?:whether|if|ask\w*|discuss\w*|decide\w*|talk\w*|wonder\w*|questions?)\b")
+_ASKING_BEFORE = _rx(r"\b(?:whether|ask\w*|check\w*|discuss\w*|decide\w*|talk\w*|wonder\w*|questions?)\b")
 _DRUG_CLASS = _rx(
     r"\b(?:antibiotic|antiviral|antifungal|antihistamine|antimalarial|antidepressant|antacid|decongestant|laxative|"
     r"painkiller|steroid|statin|nsaid|probiotic|supplement)s?\b"
@@ -704,7 +713,7 @@ _DRUG_CLASS = _rx(
 
 
 def _you_should_take(sentence: str) -> bool:
-    """On the labeled training sentences, all 13 such directives naming a medicine or a class are prescriptions."""
+    """On the labeled training sentences, all 12 such directives naming a medicine or a class are prescriptions."""
     match = _YOU_SHOULD_TAKE.search(sentence)
     if not match or _ASKING_BEFORE.search(sentence, 0, match.start()):
         return False
@@ -741,11 +750,13 @@ def _table_rows(text: str) -> list[tuple[int, int, str]]:
     dose_header = rule_header = False
     table = ""  # the kind of table the lines are in: "grid" (pipes or tabs), "csv", or "" (none)
     columns = 0  # a CSV header's comma count
-    for line in re.finditer(r"[^\n]*", text):
+    for line in re.finditer(r"(?m)^.*$", text):  # every line, blank ones included (they end a CSV table)
         cells = line.group()
         if cells.count("|") >= 2 or cells.count("\t") >= 1:
             kind = "grid"
-        elif (table == "csv" and cells.count(",") >= columns) or (table != "csv" and _CSV_HEADER.fullmatch(cells)):
+        elif (table == "csv" and cells.count(",") >= columns and not re.search(r"[.!?](?:\s|$)", cells.strip())) or (
+            table != "csv" and _CSV_HEADER.fullmatch(cells)
+        ):
             kind = "csv"
         else:
             kind = ""
@@ -759,7 +770,7 @@ def _table_rows(text: str) -> list[tuple[int, int, str]]:
                 rows.append((line.start(), line.end(), "dosage"))
             if rule_header and _RULE_TREATMENT.search(cells):
                 rows.append((line.start(), line.end(), "decision_rule"))
-        elif not kind and cells.strip():
+        elif not kind and (cells.strip() or table == "csv"):  # a blank line ends a CSV table, not a grid
             table = ""
     return rows
 
@@ -806,7 +817,9 @@ def _structure_rows(text: str) -> list[tuple[int, int, str]]:
 # Classifier layer.
 # ---------------------------------------------------------------------------------------------------------------
 _PERSONAL_PROMPT = [
-    re.compile(r"\b(?:I|I'm|I’m|I've|I’ve|I'd|Im)\b|\b\d{1,3}\s?(?:[MF]|yo|y/o|mo)\b"),  # "55M", "3yo": a case
+    re.compile(
+        r"\b(?:I|I'm|I’m|I've|I’ve|I'd|Im)\b|\b\d{1,2}[MF]\b|\b\d{1,3}\s?(?:yo|y/o|mo)\b"
+    ),  # "55M", "3yo": a case
     _rx(
         r"\b(?:my|me|mine|myself|we|our|us)\b|\b(?:hello|hi|dear)\s+(?:doctor|dr)\b|\bpatient\b|\bcase\b|"
         r"\byears?[- ]old\b|\by/?o\b|\b(?:he|she)\s+(?:has|is|had|was|keeps|gets|feels)\b|\bhis\b|\bher\b|"

@@ -224,6 +224,14 @@ class TestSentenceGate:
         assert blocks == [block]
         assert gate.text.endswith(f"{last}\n{closing}")
 
+    def test_a_fence_inside_a_sentence_opens_the_block(self):
+        gate, blocks = self.block_gate()
+        gate.feed("Here is the code ```python\nif score >= 4:\n    plan = 'rest'\n```\nDone.", final=True)
+        assert blocks == ["Here is the code ```python\nif score >= 4:\n    plan = 'rest'\n```"]
+        gate2, blocks2 = self.block_gate()
+        gate2.feed("Use ```x``` inline. Then rest. ", final=True)  # a closed inline fence leaves code mode
+        assert gate2.text.endswith("Then rest.") and blocks2 == ["Use ```x``` inline."]
+
     def test_count_words_decides_what_is_held(self):
         fake = FakeChecker()
         count = lambda text: 0 if "doctor" in text else len(text.split())  # noqa: E731
