@@ -514,8 +514,9 @@ def _decision_rule(sentence: str) -> bool:
     sentence = _COUNTING.sub(" ", sentence)
     if not _THRESHOLD.search(sentence):
         return False
-    rest = _REFERENCE_VALUE.sub(" ", _SEEK_CARE.sub(" ", sentence))
-    if _SEEK_CARE.search(sentence):  # seeking care past a threshold is a warning sign, which the policy encourages
+    without_care = _SEEK_CARE.sub(" ", sentence)
+    rest = _REFERENCE_VALUE.sub(" ", without_care)
+    if without_care != sentence:  # seeking care past a threshold is a warning sign, which the policy encourages
         return bool(_RULE_TREATMENT.search(rest))
     return bool(_RULE_TREATMENT.search(rest) or _RULE_CONCLUSION.search(rest) or _RULE_MODAL.search(rest))
 
