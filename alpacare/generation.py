@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from alpacare.prompts import DISCLAIMER, ensure_disclaimer, format_prompt, user_message
+from alpacare.safety import is_list_item
 
 log = logging.getLogger(__name__)
 
@@ -331,6 +332,9 @@ class SentenceGate:
             by sentence; holding the opening back keeps such an answer from being shown first.
         count_words: How many words a piece adds to the reply's length for ``hold_words`` (default: all of its
             words); ``alpacare.safety.terse_words``, so that the gate holds back what the checker judges as terse.
+        lead_in: Tells a sentence whose list is held back with it and checked as one block
+            (``alpacare.safety.rule_lead_in``): "HbA1c is above 10%" is a decision rule only under "Insulin is
+            started when:". Without a list after it, the sentence is checked alone.
     """
 
     def __init__(
@@ -341,8 +345,11 @@ class SentenceGate:
         check_block: Callable[..., Any] | None = None,
         hold_words: int = 0,
         count_words: Callable[[str], int] | None = None,
+        lead_in: Callable[[str], bool] | None = None,
     ) -> None:
         self.prompt = prompt
+        self._lead_in = lead_in
+        self._listing = 0  # while a lead-in is held: how many list items were held after it
         self.hold_words = hold_words
         self._count_words = count_words or (lambda text: len(re.findall(r"\w+", text)))
         self._check_sentence = check_sentence
@@ -401,8 +408,18 @@ class SentenceGate:
                 self._in_code = not self._in_code
             if self._in_code or fences or _is_table_line(piece):
                 self._table += piece
+                self._listing += bool(self._listing)  # a table under a lead-in: no longer a lone sentence
                 continue
-            if not self._approve_table() or not self._approve(piece, self._check_sentence):
+            if self._listing and is_list_item(piece):
+                self._table += piece
+                self._listing += 1
+                continue
+            if not self._approve_table():
+                break
+            if self._lead_in and self._lead_in(piece):  # held with the list that may follow it
+                self._table, self._listing = piece, 1
+                continue
+            if not self._approve(piece, self._check_sentence):
                 break
         if final and not self.blocked:
             self._approve_table()
@@ -410,9 +427,10 @@ class SentenceGate:
         return len(self.shown) > shown_before
 
     def _approve_table(self) -> bool:
-        """Check the held-back table as one block; False on a violation."""
+        """Check the held-back table (or lead-in and list) as one block; False on a violation."""
         table, self._table = self._table, ""
-        return self._approve(table, self._check_block)
+        alone, self._listing = self._listing == 1, 0  # a lead-in without a list is a sentence like any other
+        return self._approve(table, self._check_sentence if alone else self._check_block)
 
     def _approve(self, piece: str, check: Callable[..., Any]) -> bool:
         """Show ``piece`` if it passes ``check`` (disclaimer sentences are dropped); False on a violation."""
@@ -642,6 +660,7 @@ def stream_safe_generate(
         safety.check,
         hold_words=hold,
         count_words=safety.terse_words,
+        lead_in=safety.rule_lead_in,
     )
     worker.start()
     try:

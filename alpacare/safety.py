@@ -332,6 +332,7 @@ _MEASURE = (
 _COMPARATOR = (
     r"(?:above|over|greater\s+than|more\s+than|higher\s+than|exceed(?:s|ed|ing)?|beyond|below|under|less\s+than|"
     r"lower\s+than|fewer\s+than|at\s+least|at\s+or\s+(?:above|below)|>=?|<=?|≥|≤|of|reach(?:es|ed)?|"
+    r"(?:meets?|equals?|matches)\s+or\s+(?:exceeds?|is\s+(?:above|greater\s+than))(?::\s*(?:[a-z-]+\s+){0,2})?|"
     r"(?:falls?|drops?|dips?|goes?|rises?|climbs?)\s+(?:below|under|above|over|to|past))"
     r"(?:\s+(?:about|around|approximately|roughly|~))?"
 )
@@ -564,7 +565,8 @@ _DIAGNOSIS_QUESTION = _rx(
     r"\bwhat(?:'s|’s|\s+is)\s+(?:wrong|going\s+on|causing|it|this|that)\b|"
     r"\b(?:which|what)\s+(?:\w+\s+)?(?:condition|disease|illness|infection|diagnosis|disorder|problem)\b|"
     r"\bdiagnose\s+(?:me|my|this|him|her|it|them|us)\b|\b(?:do|does|did)\s+(?:i|he|she|they|my\s+\w+)\s+have\b|"
-    r"\b(?:could|might|can)\s+(?:it|this|that|these)\s+be\b"
+    r"\b(?:could|might|can)\s+(?:it|this|that|these)\s+be\b|"
+    r"\b(?:diagnosis|dx)\s*\?|\bwhat\s+(?:i|he|she|they|we)\s+(?:have|has)\b"  # "..., drooling. Diagnosis?"
 )
 _OPTION_ANSWER = _rx(r"^\W*\(?[a-e]\b(?:[).:]|\s*$)")
 _CLAUSE = _rx(
@@ -687,16 +689,36 @@ def _keyed_diagnosis(sentence: str, prompt: str | None) -> bool:
     return False
 
 
+# "Your father is most likely having a stroke", "You probably have acid reflux": a person, a verdict word and
+# "has / is having / is suffering from". Among the ~47k labeled training sentences all 29 matches are labeled
+# diagnoses (the classifier scores some of the rarer wordings low). What follows must not be a quantity or an
+# auxiliary ("she likely has several risk factors", "you probably have to wait", "you likely have heard").
+_PERSON_HAS = _rx(
+    r"\b(?:you|he|she|they|(?:your|his|her|their)\s+(?:\w+\s+)?(?:grand)?(?:son|daughter|child|kid|baby|toddler|"
+    r"infant|husband|wife|partner|boyfriend|girlfriend|mother|mum|mom|ma|father|dad|pa|brother|sister|aunt|uncle|"
+    r"niece|nephew|friend)|the\s+patient)\s+(?:(?:is|are)\s+|['’]re\s+)?"
+    r"(?:most\s+likely|most\s+probably|probably|almost\s+certainly|very\s+likely|likely|clearly|definitely)\s+"
+    r"(?:having|has|have|had|suffering\s+from|got|developed|experiencing)\s+(?!(?:several|some|many|a\s+few|no|"
+    r"any|nothing|enough|more|less|to|been|heard|seen|read|noticed|already|time|questions?|concerns?|options?|"
+    r"experience|risk|a\s+(?:good|better|great|lot))\b)"
+)
+
 # Leetspeak ("f0r 16 k1los th@t's ab0ut 240 m-g"): a digit or symbol between letters of a word that starts with
 # a letter is read as the letter it stands for, and a hyphenated unit as the unit. "T4" and "B12" have no letter
-# after the digit and stay as written; the rules read the original sentence first, so "x10d" still counts.
+# after the digit and stay as written; the rules read the original sentence first, so "x10d" still counts. A
+# word may also start with a digit when a digit follows its letters ("0nc3", "tw1c3"; "10am" and "3yo" stay), and
+# the letter O inside a number is a zero ("5OO mg").
 _LEET = str.maketrans("0134578@$", "oieastbas")
-_LEET_WORD = re.compile(r"\b[A-Za-z][A-Za-z]*[0-9@$]+[A-Za-z0-9@$]*[A-Za-z]")
+_LEET_WORD = re.compile(
+    r"\b[A-Za-z][A-Za-z]*[0-9@$]+[A-Za-z0-9@$]*[A-Za-z]|\b[0-9@$]+[A-Za-z]{2,}[0-9@$][A-Za-z0-9@$]*\b"
+)
+_LEET_NUMBER = re.compile(r"\b\d[\dOo]*[Oo][\dOo]*\b")
 _SPLIT_UNIT = _rx(r"\b(m|mc|k|μ)[-.](g|l)\b\.?")
 
 
 def _deleet(sentence: str) -> str:
-    text = _LEET_WORD.sub(lambda m: m.group().translate(_LEET), sentence)
+    text = _LEET_NUMBER.sub(lambda m: m.group().replace("O", "0").replace("o", "0"), sentence)
+    text = _LEET_WORD.sub(lambda m: m.group().translate(_LEET), text)
     return _SPLIT_UNIT.sub(lambda m: m.group(1) + m.group(2), text)
 
 
@@ -723,8 +745,9 @@ def _you_should_take(sentence: str) -> bool:
 
 def rule_categories(sentence: str, prompt: str | None = None) -> list[str]:
     """Categories the rule layer finds in one sentence: ``dosage`` and ``decision_rule``, and the few shapes of
-    ``diagnosis`` and ``prescription`` a rule can be sure of (a keyed diagnosis, "you should start <medicine>")."""
-    found = ["diagnosis"] if _keyed_diagnosis(sentence, prompt) else []
+    ``diagnosis`` and ``prescription`` a rule can be sure of (a keyed diagnosis, "you probably have <condition>",
+    "you should start <medicine>")."""
+    found = ["diagnosis"] if _keyed_diagnosis(sentence, prompt) or _PERSON_HAS.search(sentence) else []
     if _you_should_take(sentence):
         found.append("prescription")
     if _dosage_rule(sentence, prompt):
@@ -743,12 +766,28 @@ _ACTION_HEADER = _rx(
 _CSV_HEADER = re.compile(r"\s*[A-Za-z][\w ()/%-]{0,30}(?:,[A-Za-z][\w ()/%-]{0,30}){1,7}\s*")
 
 
+_VERDICT_HEADER = _rx(
+    rf"\W*(?:{_VERDICT_WORD}[_\s-]+(?:diagnos[ie]s|dx|conditions?|causes?)|(?:my|his|her|their|your)[_\s-]+"
+    r"(?:diagnos[ie]s|dx|conditions?)|what[_\s-]+(?:i|he|she|they|you|we)[_\s-]+(?:have|has|got)"
+    r"(?:[_\s-]+got)?)\W*"
+)
+
+
+def _cells(line: str, kind: str) -> list[str]:
+    """A table line's cells: split on pipes or tabs (markdown, leading and trailing pipes dropped) or commas."""
+    if kind == "csv":
+        return line.split(",")
+    return line.split("\t") if "|" not in line else line.strip().strip("|").split("|")
+
+
 def _table_rows(text: str) -> list[tuple[int, int, str]]:
     """Table rows that violate under their header: a number under a header naming a dose, strength or frequency
-    (``dosage``), or a number with a treatment under a header naming a value and an action (``decision_rule``:
-    "| Potassium | above 6.5 | What to do |", "score_range,severity,action"). Markdown, tab-separated or CSV."""
+    (``dosage``), a number with a treatment under a header naming a value and an action (``decision_rule``:
+    "| Potassium | above 6.5 | What to do |", "score_range,severity,action"), or any value under a header that asks
+    for a verdict ("| my symptom | what I have |", ``diagnosis``). Markdown, tab-separated or CSV."""
     rows: list[tuple[int, int, str]] = []
     dose_header = rule_header = False
+    verdict_column = None  # the column headed "what I have", "likely diagnosis": each value in it is a diagnosis
     table = ""  # the kind of table the lines are in: "grid" (pipes or tabs), "csv", or "" (none)
     columns = 0  # a CSV header's comma count
     for line in re.finditer(r"(?m)^.*$", text):  # every line, blank ones included (they end a CSV table)
@@ -766,7 +805,17 @@ def _table_rows(text: str) -> list[tuple[int, int, str]]:
             rule_header = bool(_MEASURE_RX.search(cells) or re.search(r"range|value|threshold", cells, re.I))
             rule_header = rule_header and bool(_ACTION_HEADER.search(cells))
             table, columns = kind, cells.count(",")
-        elif kind and _HAS_NUMBER.search(cells) and not re.fullmatch(r"[\s|:\-+]*", cells):
+            verdict_column = next(
+                (i for i, cell in enumerate(_cells(cells, kind)) if _VERDICT_HEADER.fullmatch(cell.strip())), None
+            )
+        elif kind and not re.fullmatch(r"[\s|:\-+]*", cells):
+            if verdict_column is not None:
+                row = _cells(cells, kind)
+                value = row[verdict_column].strip() if verdict_column < len(row) else ""
+                if re.search(r"[a-z]", value, re.I) and not _NO_VERDICT.search(value):
+                    rows.append((line.start(), line.end(), "diagnosis"))
+            if not _HAS_NUMBER.search(cells):
+                continue
             if dose_header:
                 rows.append((line.start(), line.end(), "dosage"))
             if rule_header and _RULE_TREATMENT.search(cells):
@@ -809,9 +858,44 @@ def _code_rule_rows(text: str) -> list[tuple[int, int]]:
     return rows
 
 
+# A decision rule split over a lead-in and its list: "Insulin is generally started in type 2 diabetes when:" over
+# "- HbA1c is above 10%, or". The lead-in names the treatment or conclusion and ends in a condition and a colon;
+# each list item under it that compares a measure with a number is a rule. Emergency warning signs ("Call 999
+# if:") are no rule.
+_LEAD_IN = _rx(r"\b(?:if|when|whenever|once|where|criteria)\b[^.!?\n]*:\s*$")
+_LIST_ITEM = re.compile(r"^\s*(?:[-*•+]|\d{1,2}[.)])\s+")
+
+
+def rule_lead_in(line: str) -> bool:
+    """True for a line ending in a lead-in that makes the list under it a decision rule ("... is started when:")."""
+    if not _LEAD_IN.search(line):
+        return False
+    rest = _SEEK_CARE.sub(" ", line)
+    return rest == line and bool(_RULE_TREATMENT.search(rest) or _RULE_CONCLUSION.search(rest))
+
+
+def is_list_item(line: str) -> bool:
+    """A bulleted or numbered list line."""
+    return bool(_LIST_ITEM.match(line))
+
+
+def _list_rule_rows(text: str) -> list[tuple[int, int]]:
+    rows: list[tuple[int, int]] = []
+    lead_in = False
+    for line in re.finditer(r"(?m)^.*$", text):
+        if is_list_item(line.group()):
+            if lead_in and _THRESHOLD.search(line.group()):
+                rows.append((line.start(), line.end()))
+        elif line.group().strip():  # a blank line keeps the lead-in; any other line replaces it
+            lead_in = rule_lead_in(line.group())
+    return rows
+
+
 def _structure_rows(text: str) -> list[tuple[int, int, str]]:
-    """Lines that violate only as part of the whole text: dose table rows and decision rules written as code."""
-    return _table_rows(text) + [(s, e, "decision_rule") for s, e in _code_rule_rows(text)]
+    """Lines that violate only as part of the whole text: dose table rows, decision rules written as code and
+    threshold items under a rule's lead-in."""
+    rules = _code_rule_rows(text) + _list_rule_rows(text)
+    return _table_rows(text) + [(s, e, "decision_rule") for s, e in rules]
 
 
 # ---------------------------------------------------------------------------------------------------------------
