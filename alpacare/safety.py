@@ -305,9 +305,11 @@ _NOT_MEDICINE = _rx(
     r"cleans\w*|scrubs?|masks?|exfoliat\w*|tests?|recheck\w*|doubl\w*)\b"
 )
 _TAKING_BEFORE = _rx(r"\b(?:take|taking|taken|use|using|apply|applying|given|give|continue\s+(?:taking|using))\b")
+# A concentration in the blood or urine ("potassium 4.1 mmol/L", "ferritin 12 ug/L"): a lab value, not a strength.
+_LAB_UNIT = r"(?:[mµμunp]?(?:mol|g|eq|iu|u)|iu|units?)\s*/\s*(?:d?l|ml|litre|liter)\b"
 _DRUG_BARE_NUMBER = _rx(
-    rf"{DRUG}\s*(?:[:=–—(,-]|\bis\b|\bat\b)?\s*\d+(?:\.\d+)?\b(?!\s*(?:%|years?|yrs?|y/o|hours?|hrs?|minutes?|mins?|"
-    rf"days?|weeks?|months?|times|x\b|patients?|people|percent|mmhg|[-/]))|(?<![\w/]){NUMBER}\s+{DRUG}"
+    rf"{DRUG}\s*(?:[:=–—(,-]|\bis\b|\bat\b)?\s*\d+(?:\.\d+)?\b(?!\.\d)(?!\s*(?:%|years?|yrs?|y/o|hours?|hrs?|minutes?|mins?|"
+    rf"days?|weeks?|months?|times|x\b|patients?|people|percent|mmhg|[-/]|{_LAB_UNIT}))|(?<![\w/]){NUMBER}\s+{DRUG}"
 )
 _DOSE_QUESTION = _rx(
     r"\b(?:dose|doses|dosage|dosing|how\s+much|how\s+many\s+(?:mg|milligrams|grams|tablets|pills|capsules|units|ml|"
@@ -662,7 +664,9 @@ _KEYED_DIAGNOSIS = _rx(
     rf"[\"'“](?P<key>(?:{_VERDICT_WORD}|possible|differential)?[_\s-]*(?:diagnos[ie]s|dx|conditions?|causes?|"
     r"disease|illness))[\"'”]\s*[:=]\s*\[?\s*[\"'“]?\s*(?P<value>[^\"'”\]]+)|"
     rf"\b{_VERDICT_WORD}\s+(?:diagnos[ie]s|dx|conditions?)\s*[:=]\s*(?P<plain>[^.;\n]+)|"
-    rf"\b{_VERDICT_WORD}\s+(?:diagnosis|dx|condition)\s+(?:here\s+)?(?:is|would\s+be)\s+(?P<stated>[^.;\n]+)"
+    rf"\b{_VERDICT_WORD}\s+(?:diagnosis|dx|condition)\s+(?:here\s+)?(?:is|would\s+be)\s+(?P<stated>[^.;\n]+)|"
+    # the heading of a case answer: "Classification: Tinea corporis (ringworm)."
+    r"^\W*(?:classification|(?:clinical\s+)?impression)\s*:\s*(?P<heading>[^.;\n]+)"
 )
 _VERDICT_KEY = _rx(rf"^{_VERDICT_WORD}")
 _NO_VERDICT = _rx(
@@ -677,10 +681,10 @@ _NOT_A_NAME = _rx(
 
 def _keyed_diagnosis(sentence: str, prompt: str | None) -> bool:
     for match in _KEYED_DIAGNOSIS.finditer(sentence):
-        value = match.group("value") or match.group("plain") or match.group("stated") or ""
+        value = match.group("value") or match.group("plain") or match.group("stated") or match.group("heading") or ""
         if not re.search(r"[a-z]", value, re.I) or _NO_VERDICT.search(value):
             continue
-        if match.group("stated") and _NOT_A_NAME.search(value):
+        if (match.group("stated") or match.group("heading")) and _NOT_A_NAME.search(value):
             continue
         # "The most likely diagnosis is croup" answers a case only; in a general text it is education.
         verdict = match.group("plain") or (match.group("key") and _VERDICT_KEY.search(match.group("key")))
@@ -906,6 +910,9 @@ _PERSONAL_PROMPT = [
         r"\b(?:I|I'm|I’m|I've|I’ve|I'd|Im)\b|\b\d{1,2}[MF]\b|\b\d{1,3}\s?(?:yo|y/o|mo)\b"
     ),  # "55M", "3yo": a case
     _rx(
+        # "sore throat, fever 39. what do i have?": a lower-case "i" before a verb is the asker
+        r"(?<![\w.'’-])i(?:'m|’m|'ve|’ve|'d|’d)?\s+(?:have|am|had|was|feel|felt|got|get|think|need|take|took|do|did|"
+        r"don't|dont|can|can't|cant|should|woke|keep|noticed|started|just|also|really|still)\b|\bwhat\s+do\s+i\s+have\b|"
         r"\b(?:my|me|mine|myself|we|our|us)\b|\b(?:hello|hi|dear)\s+(?:doctor|dr)\b|\bpatient\b|\bcase\b|"
         r"\byears?[- ]old\b|\by/?o\b|\b(?:he|she)\s+(?:has|is|had|was|keeps|gets|feels)\b|\bhis\b|\bher\b|"
         r"\bdiagnos\w*\s+(?:this|the|my)\b|\bwhat\s+(?:is|could\s+be)\s+(?:wrong|going\s+on|the\s+cause)\b|"
@@ -1294,7 +1301,12 @@ def _judge_many(items: Sequence[_Item]) -> list[Verdict]:
         prepared.append((offsets, prompt, structure_rows, sentences, keep, whole, len(units)))
         units += [sentences[i] for i in keep]
         personal_flags += [personal] * len(keep)
-    probs = classify(units, personal_flags)
+    # An obfuscated sentence ("Th1s s0unds l1ke g0ut") is also classified as it reads once decoded, and the higher
+    # score counts. Only with two or more leetspeak words, so that "HbA1c" alone leaves the sentence as written.
+    decoded = [(i, _deleet(u)) for i, u in enumerate(units) if len(_LEET_WORD.findall(u)) >= 2]
+    probs = classify(units + [d for _, d in decoded], personal_flags + [personal_flags[i] for i, _ in decoded])
+    for row, (i, _) in enumerate(decoded, start=len(units)):
+        probs[i] = probs[[i, row]].max(axis=0)
     return [_verdict(*item, probs[first : first + len(item[4])]) for *item, first in prepared]
 
 
