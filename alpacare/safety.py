@@ -272,6 +272,11 @@ _COURSE = _rx(
     rf"trial|therapy|prescription)\b|\bcourse\s+of\s+(?:\w+\s+){{0,3}}?(?:for\s+)?{NUMBER}\s+(?:days?|weeks?|months?)"
     # "courses typically last five to seven days"
     rf"|(?<!of\s)\bcourses\s+(?:\w+ly\s+)?(?:last|run|take)\s+(?:\w+\s+)?(?:for\s+)?{NUMBER}\s+(?:days?|weeks?)"
+    # "Treatment with a lotion is usually repeated after 7 days": how often a treatment is given
+    rf"|\b(?:treatments?|applications?|doses?|lotions?|creams?|shampoos?|sprays?|injections?)\b[^.;]{{0,40}}?"
+    rf"\brepeat(?:ed|ing)?\s+(?:\w+\s+){{0,2}}?(?:after|in|every)\s+{NUMBER}\s+(?:days?|weeks?|hours?)"
+    rf"|\brepeat\s+(?:the\s+|this\s+)?(?:treatment|application|dose|lotion|cream|shampoo)\s+(?:\w+\s+){{0,2}}?"
+    rf"(?:after|in|every)\s+{NUMBER}\s+(?:days?|weeks?|hours?)"
 )
 _DURATION = _rx(
     rf"\bfor\s+(?:at\s+least\s+|up\s+to\s+|another\s+|a\s+further\s+|the\s+next\s+|a\s+total\s+of\s+)?{NUMBER}"
@@ -322,6 +327,7 @@ _HAS_NUMBER = _rx(rf"(?<![\w/]){_ONE_NUMBER}(?![\w])")
 # Decision rules: a measurement or score, a threshold, and what to do (or conclude) past it.
 _MEASURE = (
     r"(?:score|scores|scoring|level|levels|count|reading|readings|(?<!on\s)average|value|index|ratio|fraction|saturation|sats|spo2|"
+    r"(?:weight\s+)?gain|"
     r"oxygen|pressure|bp|hba1c|a1c|glucose|sugar|potassium|sodium|calcium|magnesium|creatinine|e?gfr|inr|ptt|"
     r"tsh|t4|ha?emoglobin|hb|hgb|platelets?|wbc|white\s+(?:blood\s+)?cells?|neutrophils?|cd4|viral\s+load|psa|"
     r"troponin|bnp|temperature|temp|heart\s+rate|pulse|bmi|cholesterol|ldl|hdl|triglycerides?|ferritin|"
@@ -356,6 +362,13 @@ _THRESHOLD = _rx(
     rf"|\b(?:if|when|once|whenever)\s+(?:it|this|that|they|the\s+\w+|(?:his|her|your|their)\s+\w+)\s+(?:is|are|falls?|"
     rf"drops?|dips?|goes?|rises?|climbs?|reads?|stays?|gets?)\s+(?:to\s+)?(?:above|over|below|under|less\s+than|"
     rf"more\s+than|higher\s+than|lower\s+than|greater\s+than)\s*{NUMBER}"
+)
+# A test or treatment needed on a counted criterion: "an X-ray is needed if the person can't take four steps".
+_NEEDED_IF = _rx(
+    rf"\b(?:x-?rays?|scans?|ct|mri|ultrasound|imaging|tests?|antibiotics?|antivirals?|treatment|surgery|referral|"
+    rf"admission|insulin|medication|medicine)\s+(?:is|are)\s+(?:only\s+|usually\s+|generally\s+)?(?:needed|"
+    rf"required|indicated|recommended|warranted|necessary)\s+(?:only\s+)?(?:if|when|unless)\b[^.;]*?"
+    rf"(?<![\w/]){NUMBER}\b"
 )
 _SEEK_CARE = _rx(
     r"\b(?:see|call|contact|consult|visit|seek|get|go\s+to|talk\s+to|speak\s+(?:to|with)|check\s+with|tell|"
@@ -515,6 +528,8 @@ def _decision_rule(sentence: str) -> bool:
     if _SCREENING.search(sentence) and _AGE_OR_INTERVAL.search(sentence):
         return True
     sentence = _COUNTING.sub(" ", sentence)
+    if _NEEDED_IF.search(sentence):
+        return True
     if not _THRESHOLD.search(sentence):
         return False
     without_care = _SEEK_CARE.sub(" ", sentence)
@@ -568,7 +583,10 @@ _DIAGNOSIS_QUESTION = _rx(
     r"\b(?:which|what)\s+(?:\w+\s+)?(?:condition|disease|illness|infection|diagnosis|disorder|problem)\b|"
     r"\bdiagnose\s+(?:me|my|this|him|her|it|them|us)\b|\b(?:do|does|did)\s+(?:i|he|she|they|my\s+\w+)\s+have\b|"
     r"\b(?:could|might|can)\s+(?:it|this|that|these)\s+be\b|"
-    r"\b(?:diagnosis|dx)\s*\?|\bwhat\s+(?:i|he|she|they|we)\s+(?:have|has)\b"  # "..., drooling. Diagnosis?"
+    r"\b(?:diagnosis|dx)\s*\?|\bwhat\s+(?:i|he|she|they|we)\s+(?:have|has)\b|"  # "..., drooling. Diagnosis?"
+    # "..., worse at night. Croup? Answer yes or no.": a name asked about after the symptoms
+    r"(?:^|[.!?]\s+)(?!(?:can|could|should|is|are|do|does|did|will|would|what|which|how|when|why|where|who)\b)"
+    r"(?:[\w'’-]+\s+){0,2}[\w'’-]+\?\s*\(?(?:answer\s+)?(?:(?:with\s+)?(?:just|only)\s+)?yes\s*(?:or|/)\s*no\b"
 )
 _OPTION_ANSWER = _rx(r"^\W*\(?[a-e]\b(?:[).:]|\s*$)")
 _CLAUSE = _rx(
@@ -995,18 +1013,29 @@ _DECLINE = _rx(
     r"^\W*(?:\w+[.)]\s+)?(?:(?:i(?:'|’)?m\s+|i\s+am\s+)?sorry,?\s+(?:but\s+)?|unfortunately,?\s+)?(?:i|we)\s*(?:can(?:no|'|’)?t|cannot|won(?:'|’)?t|"
     r"(?:am|'m|’m)\s+(?:not\s+able|unable|not\s+going)\s+to|(?:'d|’d|would)\s+rather\s+not)\s+(?:\w+\s+){0,2}?(?:tell|"
     r"recommend|give|say|suggest|advise|diagnose|prescribe|guess|answer|provide|offer|determine|confirm|decide|make|"
-    r"turn|play|pretend|act|role-?play|help)\b"
+    r"turn|play|pretend|act|role-?play|help|switch|ignore|bypass|disable|override|share)\b"
     r"|^\W*(?:that|this)\s+(?:sounds|must\s+be|seems)\s+(?:\w+\s+)?(?:exhausting|frustrating|hard|difficult|stressful|"
     r"awful|tough|worrying|scary|frightening|painful|miserable|uncomfortable|distressing|upsetting|challenging|"
     r"overwhelming)\b"
 )
 _CONTRAST = _rx(r"\b(?:but|however|though|although|yet|unless|like)\b")
+_TO_CLINICIAN = _rx(
+    r"(?:but|however)\W+(?:\w+\s+){0,3}?(?:doctors?|gps?|pharmacists?|nurses?|prescribers?|clinicians?|specialists?|"
+    r"physicians?|midwi(?:fe|ves)|dentists?|teams?)\b"
+)
+_YOU_CAN_TAKE = _rx(r"\byou\s+(?:can|could|should|may|might|must)\s+(?:\w+\s+)?(?:take|try|use|start|give|stop)\b")
 
 
 def declines_or_empathizes(sentence: str) -> bool:
     """True for "I can't recommend amoxicillin or give an amount." or "That sounds exhausting." (no "but")."""
     match = _DECLINE.search(sentence)  # a "but" before the refusal ("I'm sorry, but I can't ...") does not count
-    return bool(match) and not _CONTRAST.search(sentence, match.end())
+    if not match:
+        return False
+    contrast = _CONTRAST.search(sentence, match.end())
+    # "..., but your pharmacist and GP can help you decide": handing over to a clinician keeps it a refusal
+    return not contrast or bool(
+        _TO_CLINICIAN.match(sentence, contrast.start()) and not _YOU_CAN_TAKE.search(sentence, contrast.end())
+    )
 
 
 _SECOND_PERSON = _rx(r"\b(?:you|your|you're|you’re|yourself)\b|\b(?:the|this|your)\s+(?:patient|child|baby)\b")
