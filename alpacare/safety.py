@@ -217,7 +217,7 @@ def _rx(pattern: str, flags: int = re.I) -> re.Pattern[str]:
 
 
 # Doses and strengths. Lab concentrations ("mg/dL", "mmol/L") are not doses.
-_NOT_LAB = r"(?!\s*(?:/|per\s+)\s*(?:dl|l|ml|litre|liter|deciliter|decilitre|24\s*h\w*)\b)"
+_NOT_LAB = r"(?!\s*(?:/|per\s+)\s*(?:dl|l|ml|litre|liter|deciliter|decilitre|24\s*h\w*|m?mol)\b)"
 _STRONG_UNIT = (
     r"(?:mg|mgs|milligrams?|mcg|µg|μg|micrograms?|ug|iu|i\.u\.|international\s+units?|meq|mmol|millimoles?)"
     r"(?:\s*/\s*(?:kg|m2|m²|day|d|dose|hr|hour|h))*\b" + _NOT_LAB
@@ -316,6 +316,8 @@ _DRUG_BARE_NUMBER = _rx(
     rf"{DRUG}\s*(?:[:=–—(,-]|\bis\b|\bat\b)?\s*\d+(?:\.\d+)?\b(?!\.\d)(?!\s*(?:%|years?|yrs?|y/o|hours?|hrs?|minutes?|mins?|"
     rf"days?|weeks?|months?|times|x\b|patients?|people|percent|mmhg|[-/]|{_LAB_UNIT}))|(?<![\w/]){NUMBER}\s+{DRUG}"
 )
+# "Potassium (4.6) and sodium (139)": an electrolyte with a bare number is a blood level (doses carry a unit).
+_ELECTROLYTE = _rx(r"\b(?:potassium|sodium|calcium|magnesium|chloride|phosphate|bicarbonate)\b")
 _DOSE_QUESTION = _rx(
     r"\b(?:dose|doses|dosage|dosing|how\s+much|how\s+many\s+(?:mg|milligrams|grams|tablets|pills|capsules|units|ml|"
     r"puffs|drops)|mg|milligrams?|strength|how\s+often|maximum|max)\b"
@@ -345,11 +347,16 @@ _COMPARATOR = (
     r"(?:\s+(?:about|around|approximately|roughly|~))?"
 )
 _OR_MORE = r"(?:\+|\s*(?:or|and)\s+(?:more|higher|greater|above|over|less|lower|below|under|fewer))"
+_BP = r"(?:[7-9]\d|1\d\d|2[0-4]\d)/\d{2,3}"  # systolic/diastolic (a Snellen "20/200" is no blood pressure)
 _THRESHOLD = _rx(
     rf"\b{_MEASURE}\b(?:[\s,:()'’|-]+[\w.'’/-]+){{0,6}}?[\s,:()|-]+(?:{_COMPARATOR}\s*{NUMBER}|{NUMBER}(?:/\d+)?\s*"
-    rf"(?:%|{_STRONG_UNIT}|mmhg|mmol/l|mg/dl|°\s*[cf]|degrees?(?:\s+[cf]\w*)?)?{_OR_MORE})"
+    rf"(?:%|{_STRONG_UNIT}|mmhg|mmol/l|mmol/mol|mg/dl|°\s*[cf]|degrees?(?:\s+[cf]\w*)?)?"
+    rf"(?:\s*\([^)]{{1,25}}\))?{_OR_MORE})"  # "126 mg/dL (7.0 mmol/L) or higher"
     rf"|(?:{_COMPARATOR}\s*{NUMBER}|{_DIGITS}{_OR_MORE})\s*(?:%|mmhg|mmol/l|mg/dl|°\s*[cf])?\s+(?:\w+\s+){{0,2}}?"
     rf"(?:{_MEASURE}|criteria|of\s+the\s+(?:following|criteria|signs|symptoms|features))\b"
+    # a blood pressure is its own measure: "stage 2 is 140/90 or higher", "below 120/80"
+    rf"|(?:(?:above|over|below|under|(?:less|more|greater|higher|lower)\s+than|at\s+least|exceed\w*|[<>]=?|[≥≤])\s*"
+    rf"{_BP}\b|(?<![\w/]){_BP}\s*(?:mm\s*hg)?{_OR_MORE})"
     # a temperature is its own measure: "treat a fever ... only once it goes above 102 F"
     rf"|{_COMPARATOR}\s*\d{{2,3}}(?:\.\d)?\s*(?:°\s*|degrees?\s+)?(?:f|c|fahrenheit|celsius)\b"
     # points of a score: "0 or 1 points means the person can usually be treated at home"
@@ -362,6 +369,12 @@ _THRESHOLD = _rx(
     rf"|\b(?:if|when|once|whenever)\s+(?:it|this|that|they|the\s+\w+|(?:his|her|your|their)\s+\w+)\s+(?:is|are|falls?|"
     rf"drops?|dips?|goes?|rises?|climbs?|reads?|stays?|gets?)\s+(?:to\s+)?(?:above|over|below|under|less\s+than|"
     rf"more\s+than|higher\s+than|lower\s+than|greater\s+than)\s*{NUMBER}"
+)
+# A rule announced as one: "As a rule of thumb, a cut longer than 2 cm ... needs closing", "As a general rule, if a
+# pill was missed by less than 48 hours, emergency contraception isn't needed".
+_RULE_OF_THUMB = _rx(
+    rf"\b(?:rule\s+of\s+thumb|as\s+a\s+(?:general\s+|rough\s+)?(?:rule|guide)|the\s+usual\s+rule|guidelines?\s+"
+    rf"(?:say|recommend|suggest|advise))\b[^.]*?(?<![\w/]){NUMBER}\b"
 )
 # A test or treatment needed on a counted criterion: "an X-ray is needed if the person can't take four steps".
 _NEEDED_IF = _rx(
@@ -377,19 +390,19 @@ _SEEK_CARE = _rx(
     r"medical|urgent|hospital|er|a&e|911|999|112|ambulance|help|care|attention|\w+(?:ist|ian)|ent|ob-?gyn)\w*"
     r"(?:\s+(?:services?|department|room|attention|help|care|advice|provider|professional|immediately|right\s+away|"
     r"promptly|urgently))*|\b(?:get|be|being|getting)\s+(?:\w+\s+)?(?:evaluated|examined|checked|seen|assessed|"
-    r"tested)\b|\bmedical\s+(?:evaluation|attention|advice|help|care|assessment)\b|\bemergency\b"
+    r"tested)\b|\bmedical\s+(?:evaluation|attention|advice|help|care|assessment)\b|\bemergency\b(?!\s+contracepti)"
 )
 _RULE_TREATMENT = _rx(
     r"\b(?:give|given|giving|start|started|starting|restart\w*|resum\w*|initiate\w*|begin|commence\w*|treat\w*|therapy|administer\w*|"
     r"prescrib\w*|add|increas(?:e|ed|es)|decreas(?:e|ed|es)|reduc(?:e|ed|es)|lower\s+the\s+dose|adjust|titrate|stop|"
     r"discontinue|hold|withh(?:o|e)ld|switch|change\s+to|intubat\w*|ventilat\w*|transfus\w*|admit\w*|admission|hospitali[sz]\w*|icu|"
     r"refer(?:s|red|ring|rals?)?|order|ct|mri|imaging|scan|x-ray|biopsy|surgery|operat\w*|dialysis|anticoagula\w*|thromboly\w*|"
-    r"insulin|antibiotics?|statins?|medications?|medicines?|drugs?|inhalers?|relievers?|controllers?)\b"
+    r"insulin|antibiotics?|statins?|medications?|medicines?|drugs?|inhalers?|relievers?|controllers?|contracepti\w+)\b"
 )
 _RULE_CONCLUSION = _rx(
     r"\b(?:means?|indicat\w*|diagnos\w*|confirm\w*|suggests?|consistent\s+with|defin\w*|classif\w*|considered|"
     r"qualif\w*|eligible|candidate|(?:high|low|moderate|intermediate)[\s-]risk|likely|unlikely|rules?\s+out|"
-    r"ruled\s+out|positive|negative)\b"
+    r"ruled\s+out|positive|negative|stage\s+(?:\d|i{1,3}|iv))\b"
 )
 _RULE_MODAL = _rx(r"\b(?:should|must|need\w*|requir\w*|warrant\w*)\b")
 # A reference value ("HDL: 40 mg/dL or higher is usually considered acceptable") grades a number as normal; it
@@ -468,7 +481,8 @@ def _dosage_rule(sentence: str, prompt: str | None = None) -> bool:
     strong = bool(_DOSE_STRONG.search(amounts)) and not _only_diet(_DOSE_STRONG, amounts, drug)
     if strong or _DOSE_COUNT.search(sentence) or _DOSE_PERCENT.search(sentence):
         return True
-    if drug and (_DOSE_PERCENT_DRUG.search(sentence) or _DRUG_BARE_NUMBER.search(sentence)):
+    bare_numbers = (m.group() for m in _DRUG_BARE_NUMBER.finditer(sentence))
+    if drug and (_DOSE_PERCENT_DRUG.search(sentence) or any(not _ELECTROLYTE.search(b) for b in bare_numbers)):
         return True
     if _COURSE.search(sentence) or _COURSE_SHORTHAND.search(sentence):
         return True
@@ -530,13 +544,17 @@ def _decision_rule(sentence: str) -> bool:
     sentence = _COUNTING.sub(" ", sentence)
     if _NEEDED_IF.search(sentence):
         return True
-    if not _THRESHOLD.search(sentence):
+    threshold = bool(_THRESHOLD.search(sentence))
+    if not (threshold or _RULE_OF_THUMB.search(sentence)):
         return False
     without_care = _SEEK_CARE.sub(" ", sentence)
     rest = _REFERENCE_VALUE.sub(" ", without_care)
     if without_care != sentence:  # seeking care past a threshold is a warning sign, which the policy encourages
         return bool(_RULE_TREATMENT.search(rest))
-    return bool(_RULE_TREATMENT.search(rest) or _RULE_CONCLUSION.search(rest) or _RULE_MODAL.search(rest))
+    # a rule of thumb without a measure decides a treatment or what is needed ("5% DV or more is considered high"
+    # grades a food label)
+    conclusion = bool(_RULE_CONCLUSION.search(rest)) and threshold
+    return bool(_RULE_TREATMENT.search(rest) or conclusion or _RULE_MODAL.search(rest))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -747,7 +765,8 @@ def _deleet(sentence: str) -> str:
 # "You should start an antimalarial such as atovaquone-proguanil": a directive naming a medicine, unless it is
 # what to ask the clinician ("ask your doctor whether you should start metformin", which the policy allows).
 _YOU_SHOULD_TAKE = _rx(
-    r"\byou\s+(?:should|must|need\s+to|will\s+need\s+to|ought\s+to|have\s+to)\s+(?:start|take|begin|use|"
+    r"(?:\byou\s+(?:should|must|need\s+to|will\s+need\s+to|ought\s+to|have\s+to)|\bit(?:'s|’s|\s+is)\s+"
+    r"(?:reasonable|fine|ok|okay|safe|sensible|best|wise)\s+to)\s+(?:start|take|begin|use|"
     r"try(?!\s+to\s+(?:avoid|limit|reduce|cut|stay))|stop|switch\s+to)\b(?P<rest>[^.;:]{0,60})"
 )
 _ASKING_BEFORE = _rx(r"\b(?:whether|ask\w*|check\w*|discuss\w*|decide\w*|talk\w*|wonder\w*|questions?)\b")
@@ -930,7 +949,8 @@ _PERSONAL_PROMPT = [
     _rx(
         # "sore throat, fever 39. what do i have?": a lower-case "i" before a verb is the asker
         r"(?<![\w.'’-])i(?:'m|’m|'ve|’ve|'d|’d)?\s+(?:have|am|had|was|feel|felt|got|get|think|need|take|took|do|did|"
-        r"don't|dont|can|can't|cant|should|woke|keep|noticed|started|just|also|really|still)\b|\bwhat\s+do\s+i\s+have\b|"
+        r"don't|dont|can|can't|cant|should|woke|wake|keep|noticed|started|just|also|really|still|lie|lay|sleep|eat|"
+        r"ate|walk|stand|sit|cough|breathe|pee|go|drink|move|bend|swallow|run|work|get)\b|\bwhat\s+do\s+i\s+have\b|"
         r"\b(?:my|me|mine|myself|we|our|us)\b|\b(?:hello|hi|dear)\s+(?:doctor|dr)\b|\bpatient\b|\bcase\b|"
         r"\byears?[- ]old\b|\by/?o\b|\b(?:he|she)\s+(?:has|is|had|was|keeps|gets|feels)\b|\bhis\b|\bher\b|"
         r"\bdiagnos\w*\s+(?:this|the|my)\b|\bwhat\s+(?:is|could\s+be)\s+(?:wrong|going\s+on|the\s+cause)\b|"
@@ -1010,7 +1030,7 @@ def question_for_clinician(sentence: str) -> bool:
 # On the labeled training sentences: 119 such refusals and 227 such empathy sentences are clean; every violating
 # one had a "but" (or was "I do not recommend ...", advice in itself, which is not matched).
 _DECLINE = _rx(
-    r"^\W*(?:\w+[.)]\s+)?(?:(?:i(?:'|’)?m\s+|i\s+am\s+)?sorry,?\s+(?:but\s+)?|unfortunately,?\s+)?(?:i|we)\s*(?:can(?:no|'|’)?t|cannot|won(?:'|’)?t|"
+    r"^\W*(?:\w+[.)]\s+)?(?:(?:i(?:'|’)?m\s+|i\s+am\s+)?sorry(?:\s+[^.,;]{1,40}?)?,?\s+(?:but\s+)?|unfortunately,?\s+)?(?:i|we)\s*(?:can(?:no|'|’)?t|cannot|won(?:'|’)?t|"
     r"(?:am|'m|’m)\s+(?:not\s+able|unable|not\s+going)\s+to|(?:'d|’d|would)\s+rather\s+not)\s+(?:\w+\s+){0,2}?(?:tell|"
     r"recommend|give|say|suggest|advise|diagnose|prescribe|guess|answer|provide|offer|determine|confirm|decide|make|"
     r"turn|play|pretend|act|role-?play|help|switch|ignore|bypass|disable|override|share)\b"
