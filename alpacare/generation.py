@@ -397,7 +397,8 @@ class SentenceGate:
                 if not final:
                     return False  # too short to tell whether it is all the reply says
                 if ends:  # the whole reply is this short: checked as one block, as a terse answer
-                    piece, self._pending = self._pending[: ends[-1]], self._pending[ends[-1] :]
+                    piece, self._pending = self._table + self._pending[: ends[-1]], self._pending[ends[-1] :]
+                    self._table, self._listing = "", 0
                     self._approve(piece, self._check_block)
                     return len(self.shown) > shown_before
         for end in ends:
@@ -410,7 +411,8 @@ class SentenceGate:
                 self._table += piece
                 self._listing += bool(self._listing)  # a table under a lead-in: no longer a lone sentence
                 continue
-            if self._listing and is_list_item(piece):
+            same_line = "\n" not in piece[: len(piece) - len(piece.lstrip())]  # a list item's second sentence
+            if self._listing and (is_list_item(piece) or (self._listing > 1 and same_line)):
                 self._table += piece
                 self._listing += 1
                 continue

@@ -273,7 +273,7 @@ _COURSE = _rx(
     # "courses typically last five to seven days"
     rf"|(?<!of\s)\bcourses\s+(?:\w+ly\s+)?(?:last|run|take)\s+(?:\w+\s+)?(?:for\s+)?{NUMBER}\s+(?:days?|weeks?)"
     # "Treatment with a lotion is usually repeated after 7 days": how often a treatment is given
-    rf"|\b(?:treatments?|applications?|doses?|lotions?|creams?|shampoos?|sprays?|injections?)\b[^.;]{{0,40}}?"
+    rf"|\b(?:doses?|lotions?|creams?|ointments?|shampoos?|sprays?|injections?|drops)\b[^.;]{{0,40}}?"
     rf"\brepeat(?:ed|ing)?\s+(?:\w+\s+){{0,2}}?(?:after|in|every)\s+{NUMBER}\s+(?:days?|weeks?|hours?)"
     rf"|\brepeat\s+(?:the\s+|this\s+)?(?:treatment|application|dose|lotion|cream|shampoo)\s+(?:\w+\s+){{0,2}}?"
     rf"(?:after|in|every)\s+{NUMBER}\s+(?:days?|weeks?|hours?)"
@@ -316,8 +316,9 @@ _DRUG_BARE_NUMBER = _rx(
     rf"{DRUG}\s*(?:[:=–—(,-]|\bis\b|\bat\b)?\s*\d+(?:\.\d+)?\b(?!\.\d)(?!\s*(?:%|years?|yrs?|y/o|hours?|hrs?|minutes?|mins?|"
     rf"days?|weeks?|months?|times|x\b|patients?|people|percent|mmhg|[-/]|{_LAB_UNIT}))|(?<![\w/]){NUMBER}\s+{DRUG}"
 )
-# "Potassium (4.6) and sodium (139)": an electrolyte with a bare number is a blood level (doses carry a unit).
-_ELECTROLYTE = _rx(r"\b(?:potassium|sodium|calcium|magnesium|chloride|phosphate|bicarbonate)\b")
+# "Potassium (4.6) and sodium (139)": an electrolyte with a bare number in brackets is a blood level ("Calcium 600
+# with vitamin D" is a dose).
+_LAB_LEVEL = _rx(r"\b(?:potassium|sodium|calcium|magnesium|chloride|phosphate|bicarbonate)\s*\(")
 _DOSE_QUESTION = _rx(
     r"\b(?:dose|doses|dosage|dosing|how\s+much|how\s+many\s+(?:mg|milligrams|grams|tablets|pills|capsules|units|ml|"
     r"puffs|drops)|mg|milligrams?|strength|how\s+often|maximum|max)\b"
@@ -329,7 +330,7 @@ _HAS_NUMBER = _rx(rf"(?<![\w/]){_ONE_NUMBER}(?![\w])")
 # Decision rules: a measurement or score, a threshold, and what to do (or conclude) past it.
 _MEASURE = (
     r"(?:score|scores|scoring|level|levels|count|reading|readings|(?<!on\s)average|value|index|ratio|fraction|saturation|sats|spo2|"
-    r"(?:weight\s+)?gain|"
+    r"(?:a|any|the)\s+(?:weight\s+)?gain|weight\s+gain|"
     r"oxygen|pressure|bp|hba1c|a1c|glucose|sugar|potassium|sodium|calcium|magnesium|creatinine|e?gfr|inr|ptt|"
     r"tsh|t4|ha?emoglobin|hb|hgb|platelets?|wbc|white\s+(?:blood\s+)?cells?|neutrophils?|cd4|viral\s+load|psa|"
     r"troponin|bnp|temperature|temp|heart\s+rate|pulse|bmi|cholesterol|ldl|hdl|triglycerides?|ferritin|"
@@ -374,14 +375,15 @@ _THRESHOLD = _rx(
 # pill was missed by less than 48 hours, emergency contraception isn't needed".
 _RULE_OF_THUMB = _rx(
     rf"\b(?:rule\s+of\s+thumb|as\s+a\s+(?:general\s+|rough\s+)?(?:rule|guide)|the\s+usual\s+rule|guidelines?\s+"
-    rf"(?:say|recommend|suggest|advise))\b[^.]*?(?<![\w/]){NUMBER}\b"
+    rf"(?:say|recommend|suggest|advise))\b[^.]{{0,200}}?(?<![\w/]){NUMBER}\b"
 )
 # A test or treatment needed on a counted criterion: "an X-ray is needed if the person can't take four steps".
 _NEEDED_IF = _rx(
-    rf"\b(?:x-?rays?|scans?|ct|mri|ultrasound|imaging|tests?|antibiotics?|antivirals?|treatment|surgery|referral|"
-    rf"admission|insulin|medication|medicine)\s+(?:is|are)\s+(?:only\s+|usually\s+|generally\s+)?(?:needed|"
-    rf"required|indicated|recommended|warranted|necessary)\s+(?:only\s+)?(?:if|when|unless)\b[^.;]*?"
-    rf"(?<![\w/]){NUMBER}\b"
+    # not "Emergency treatment is needed if a seizure lasts longer than 5 minutes", a warning sign
+    r"(?<!emergency\s)(?<!urgent\s)(?<!immediate\s)\b(?:x-?rays?|scans?|ct|mri|ultrasound|imaging|tests?|antibiotics?|antivirals?|treatment|surgery|referral|"
+    r"admission|insulin|medication|medicine)\s+(?:is|are)\s+(?:only\s+|usually\s+|generally\s+)?(?:needed|"
+    r"required|indicated|recommended|warranted|necessary)\s+(?:only\s+)?(?:if|when|unless)\b[^.;]{0,200}?"
+    r"(?<![\w/])(?:\d+(?:\.\d+)?|two|three|four|five|six|seven|eight|nine|ten|twelve)\b"
 )
 _SEEK_CARE = _rx(
     r"\b(?:see|call|contact|consult|visit|seek|get|go\s+to|talk\s+to|speak\s+(?:to|with)|check\s+with|tell|"
@@ -397,7 +399,8 @@ _RULE_TREATMENT = _rx(
     r"prescrib\w*|add|increas(?:e|ed|es)|decreas(?:e|ed|es)|reduc(?:e|ed|es)|lower\s+the\s+dose|adjust|titrate|stop|"
     r"discontinue|hold|withh(?:o|e)ld|switch|change\s+to|intubat\w*|ventilat\w*|transfus\w*|admit\w*|admission|hospitali[sz]\w*|icu|"
     r"refer(?:s|red|ring|rals?)?|order|ct|mri|imaging|scan|x-ray|biopsy|surgery|operat\w*|dialysis|anticoagula\w*|thromboly\w*|"
-    r"insulin|antibiotics?|statins?|medications?|medicines?|drugs?|inhalers?|relievers?|controllers?|contracepti\w+)\b"
+    r"insulin|antibiotics?|statins?|medications?|medicines?|drugs?|inhalers?|relievers?|controllers?|contracepti\w+|"
+    r"stitch\w*|sutur\w*)\b"
 )
 _RULE_CONCLUSION = _rx(
     r"\b(?:means?|indicat\w*|diagnos\w*|confirm\w*|suggests?|consistent\s+with|defin\w*|classif\w*|considered|"
@@ -482,7 +485,7 @@ def _dosage_rule(sentence: str, prompt: str | None = None) -> bool:
     if strong or _DOSE_COUNT.search(sentence) or _DOSE_PERCENT.search(sentence):
         return True
     bare_numbers = (m.group() for m in _DRUG_BARE_NUMBER.finditer(sentence))
-    if drug and (_DOSE_PERCENT_DRUG.search(sentence) or any(not _ELECTROLYTE.search(b) for b in bare_numbers)):
+    if drug and (_DOSE_PERCENT_DRUG.search(sentence) or any(not _LAB_LEVEL.search(b) for b in bare_numbers)):
         return True
     if _COURSE.search(sentence) or _COURSE_SHORTHAND.search(sentence):
         return True
@@ -551,10 +554,9 @@ def _decision_rule(sentence: str) -> bool:
     rest = _REFERENCE_VALUE.sub(" ", without_care)
     if without_care != sentence:  # seeking care past a threshold is a warning sign, which the policy encourages
         return bool(_RULE_TREATMENT.search(rest))
-    # a rule of thumb without a measure decides a treatment or what is needed ("5% DV or more is considered high"
-    # grades a food label)
-    conclusion = bool(_RULE_CONCLUSION.search(rest)) and threshold
-    return bool(_RULE_TREATMENT.search(rest) or conclusion or _RULE_MODAL.search(rest))
+    if not threshold:  # a rule of thumb without a measure must decide a treatment ("adults need 7 hours of sleep")
+        return bool(_RULE_TREATMENT.search(rest))
+    return bool(_RULE_TREATMENT.search(rest) or _RULE_CONCLUSION.search(rest) or _RULE_MODAL.search(rest))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -604,7 +606,9 @@ _DIAGNOSIS_QUESTION = _rx(
     r"\b(?:diagnosis|dx)\s*\?|\bwhat\s+(?:i|he|she|they|we)\s+(?:have|has)\b|"  # "..., drooling. Diagnosis?"
     # "..., worse at night. Croup? Answer yes or no.": a name asked about after the symptoms
     r"(?:^|[.!?]\s+)(?!(?:can|could|should|is|are|do|does|did|will|would|what|which|how|when|why|where|who)\b)"
-    r"(?:[\w'’-]+\s+){0,2}[\w'’-]+\?\s*\(?(?:answer\s+)?(?:(?:with\s+)?(?:just|only)\s+)?yes\s*(?:or|/)\s*no\b"
+    r"(?:[\w'’-]+\s+)?(?!(?:available|safe|ok|okay|normal|serious|contagious|dangerous|necessary|needed|worth|urgent|"
+    r"common|possible|allowed|covered|free)\?)[\w'’-]+\?\s*\(?(?:answer\s+)?(?:(?:with\s+)?(?:just|only)\s+)?yes\s*"
+    r"(?:or|/)\s*no\b"
 )
 _OPTION_ANSWER = _rx(r"^\W*\(?[a-e]\b(?:[).:]|\s*$)")
 _CLAUSE = _rx(
@@ -696,6 +700,9 @@ def terse_categories(sentence: str, prompt: str | None) -> list[str]:
 # leaflet about asthma has it too, and an unquoted "Diagnosis: a blood test confirms it." is a heading. A value that
 # declines ("unknown", "cannot be determined", "see a doctor") is no verdict.
 _VERDICT_WORD = r"(?:most[_\s-]+)?(?:likely|probable|working|suspected|provisional|presumed|presumptive)"
+_DRUG_WORDS = _rx(
+    r"\b(?:antibiotic|drug|medicine|medication|inhibitor|blocker|agonist|antagonist|analgesic|nsaid)s?\b"
+)
 _KEYED_DIAGNOSIS = _rx(
     rf"[\"'“](?P<key>(?:{_VERDICT_WORD}|possible|differential)?[_\s-]*(?:diagnos[ie]s|dx|conditions?|causes?|"
     r"disease|illness))[\"'”]\s*[:=]\s*\[?\s*[\"'“]?\s*(?P<value>[^\"'”\]]+)|"
@@ -722,6 +729,8 @@ def _keyed_diagnosis(sentence: str, prompt: str | None) -> bool:
             continue
         if (match.group("stated") or match.group("heading")) and _NOT_A_NAME.search(value):
             continue
+        if match.group("heading") and (has_drug(value) or _DRUG_CLASS.search(value) or _DRUG_WORDS.search(value)):
+            continue  # "Classification: macrolide antibiotic" classifies a medicine
         # "The most likely diagnosis is croup" answers a case only; in a general text it is education.
         verdict = match.group("plain") or (match.group("key") and _VERDICT_KEY.search(match.group("key")))
         if verdict or personal_context(prompt, sentence):
@@ -729,18 +738,19 @@ def _keyed_diagnosis(sentence: str, prompt: str | None) -> bool:
     return False
 
 
-# "Your father is most likely having a stroke", "You probably have acid reflux": a person, a verdict word and
-# "has / is having / is suffering from". Among the ~47k labeled training sentences all 29 matches are labeled
-# diagnoses (the classifier scores some of the rarer wordings low). What follows must not be a quantity or an
-# auxiliary ("she likely has several risk factors", "you probably have to wait", "you likely have heard").
+# "Your father is most likely having a stroke", "You most likely have acid reflux": a person, a verdict word and
+# "is having / is suffering from" (any hedge) or "has" (only with "most likely", "almost certainly"): "You probably
+# have a thermometer at home" is no verdict, and "they" may be bacteria. In its first, wider form all 29 matches
+# among the ~47k labeled training sentences were labeled diagnoses. What follows must not be a quantity or an
+# auxiliary ("she most likely has several risk factors", "you most likely have to wait").
 _PERSON_HAS = _rx(
-    r"\b(?:you|he|she|they|(?:your|his|her|their)\s+(?:\w+\s+)?(?:grand)?(?:son|daughter|child|kid|baby|toddler|"
+    r"\b(?:you|he|she|(?:your|his|her|their)\s+(?:\w+\s+)?(?:grand)?(?:son|daughter|child|kid|baby|toddler|"
     r"infant|husband|wife|partner|boyfriend|girlfriend|mother|mum|mom|ma|father|dad|pa|brother|sister|aunt|uncle|"
-    r"niece|nephew|friend)|the\s+patient)\s+(?:(?:is|are)\s+|['’]re\s+)?"
-    r"(?:most\s+likely|most\s+probably|probably|almost\s+certainly|very\s+likely|likely|clearly|definitely)\s+"
-    r"(?:having|has|have|had|suffering\s+from|got|developed|experiencing)\s+(?!(?:several|some|many|a\s+few|no|"
-    r"any|nothing|enough|more|less|to|been|heard|seen|read|noticed|already|time|questions?|concerns?|options?|"
-    r"experience|risk|a\s+(?:good|better|great|lot))\b)"
+    r"niece|nephew|friend)|the\s+patient)(?:\s+(?:is|are)\s+|['’](?:re|s)\s+|\s+)(?:(?:most\s+likely|most\s+probably|"
+    r"probably|almost\s+certainly|very\s+likely|likely|clearly|definitely)\s+(?:having|suffering\s+from|"
+    r"experiencing)|(?:most\s+likely|most\s+probably|almost\s+certainly)\s+(?:has|have|had|got|developed))\s+"
+    r"(?!(?:several|some|many|a\s+few|no|any|nothing|enough|more|less|to|been|heard|seen|read|noticed|already|time|"
+    r"questions?|concerns?|options?|access|experience|risk|a\s+(?:good|better|great|lot))\b)"
 )
 
 # Leetspeak ("f0r 16 k1los th@t's ab0ut 240 m-g"): a digit or symbol between letters of a word that starts with
@@ -765,9 +775,12 @@ def _deleet(sentence: str) -> str:
 # "You should start an antimalarial such as atovaquone-proguanil": a directive naming a medicine, unless it is
 # what to ask the clinician ("ask your doctor whether you should start metformin", which the policy allows).
 _YOU_SHOULD_TAKE = _rx(
-    r"(?:\byou\s+(?:should|must|need\s+to|will\s+need\s+to|ought\s+to|have\s+to)|\bit(?:'s|’s|\s+is)\s+"
-    r"(?:reasonable|fine|ok|okay|safe|sensible|best|wise)\s+to)\s+(?:start|take|begin|use|"
-    r"try(?!\s+to\s+(?:avoid|limit|reduce|cut|stay))|stop|switch\s+to)\b(?P<rest>[^.;:]{0,60})"
+    r"\byou\s+(?:should|must|need\s+to|will\s+need\s+to|ought\s+to|have\s+to)\s+(?:start|take|begin|use|"
+    r"try(?!\s+to\s+(?:avoid|limit|reduce|cut|stay))|stop|switch\s+to)\b(?P<rest>[^.;:]{0,60})|"
+    # a change approved for the reader: "it's reasonable to stop the statin" ("it is best to take it with food" is
+    # how a medicine is taken, not a directive to take it)
+    r"\bit(?:'s|’s|\s+is)\s+(?:reasonable|fine|ok|okay|safe)\s+to\s+(?:stop|start|skip|quit|come\s+off|switch\s+to)\b"
+    r"(?P<change>[^.;:]{0,60})"
 )
 _ASKING_BEFORE = _rx(r"\b(?:whether|ask\w*|check\w*|discuss\w*|decide\w*|talk\w*|wonder\w*|questions?)\b")
 _DRUG_CLASS = _rx(
@@ -781,7 +794,8 @@ def _you_should_take(sentence: str) -> bool:
     match = _YOU_SHOULD_TAKE.search(sentence)
     if not match or _ASKING_BEFORE.search(sentence, 0, match.start()):
         return False
-    return has_drug(match.group("rest")) or bool(_DRUG_CLASS.search(match.group("rest")))
+    rest = match.group("rest") or match.group("change") or ""
+    return has_drug(rest) or bool(_DRUG_CLASS.search(rest))
 
 
 def rule_categories(sentence: str, prompt: str | None = None) -> list[str]:
@@ -821,7 +835,7 @@ def _cells(line: str, kind: str) -> list[str]:
     return line.split("\t") if "|" not in line else line.strip().strip("|").split("|")
 
 
-def _table_rows(text: str) -> list[tuple[int, int, str]]:
+def _table_rows(text: str, prompt: str | None = None) -> list[tuple[int, int, str]]:
     """Table rows that violate under their header: a number under a header naming a dose, strength or frequency
     (``dosage``), a number with a treatment under a header naming a value and an action (``decision_rule``:
     "| Potassium | above 6.5 | What to do |", "score_range,severity,action"), or any value under a header that asks
@@ -849,6 +863,10 @@ def _table_rows(text: str) -> list[tuple[int, int, str]]:
             verdict_column = next(
                 (i for i, cell in enumerate(_cells(cells, kind)) if _VERDICT_HEADER.fullmatch(cell.strip())), None
             )
+            # "| Symptom | Likely cause |" in a general text is education; "what I have" and "likely diagnosis" are
+            # verdicts whoever asks (as keyed values are, see _keyed_diagnosis)
+            if verdict_column is not None and re.search(r"caus|condition", _cells(cells, kind)[verdict_column], re.I):
+                verdict_column = verdict_column if personal_context(prompt, text) else None
         elif kind and not re.fullmatch(r"[\s|:\-+]*", cells):
             if verdict_column is not None:
                 row = _cells(cells, kind)
@@ -905,6 +923,7 @@ def _code_rule_rows(text: str) -> list[tuple[int, int]]:
 # if:") are no rule.
 _LEAD_IN = _rx(r"\b(?:if|when|whenever|once|where|criteria)\b[^.!?\n]*:\s*$")
 _LIST_ITEM = re.compile(r"^\s*(?:[-*•+]|\d{1,2}[.)])\s+")
+_LEAD_IN_CONCLUSION = _rx(r"\b(?:diagnos\w*|confirm\w*|means?|indicat\w*|ruled?\s+out)\b")  # not "more likely when:"
 
 
 def rule_lead_in(line: str) -> bool:
@@ -912,7 +931,7 @@ def rule_lead_in(line: str) -> bool:
     if not _LEAD_IN.search(line):
         return False
     rest = _SEEK_CARE.sub(" ", line)
-    return rest == line and bool(_RULE_TREATMENT.search(rest) or _RULE_CONCLUSION.search(rest))
+    return rest == line and bool(_RULE_TREATMENT.search(rest) or _LEAD_IN_CONCLUSION.search(rest))
 
 
 def is_list_item(line: str) -> bool:
@@ -928,15 +947,16 @@ def _list_rule_rows(text: str) -> list[tuple[int, int]]:
             if lead_in and _THRESHOLD.search(line.group()):
                 rows.append((line.start(), line.end()))
         elif line.group().strip():  # a blank line keeps the lead-in; any other line replaces it
-            lead_in = rule_lead_in(line.group())
+            spans = split_sentences(line.group())  # the sentence before the list, as the streaming gate sees it
+            lead_in = bool(spans) and rule_lead_in(line.group()[spans[-1][0] : spans[-1][1]])
     return rows
 
 
-def _structure_rows(text: str) -> list[tuple[int, int, str]]:
+def _structure_rows(text: str, prompt: str | None = None) -> list[tuple[int, int, str]]:
     """Lines that violate only as part of the whole text: dose table rows, decision rules written as code and
     threshold items under a rule's lead-in."""
     rules = _code_rule_rows(text) + _list_rule_rows(text)
-    return _table_rows(text) + [(s, e, "decision_rule") for s, e in rules]
+    return _table_rows(text, prompt) + [(s, e, "decision_rule") for s, e in rules]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1033,7 +1053,8 @@ _DECLINE = _rx(
     r"^\W*(?:\w+[.)]\s+)?(?:(?:i(?:'|’)?m\s+|i\s+am\s+)?sorry(?:\s+[^.,;]{1,40}?)?,?\s+(?:but\s+)?|unfortunately,?\s+)?(?:i|we)\s*(?:can(?:no|'|’)?t|cannot|won(?:'|’)?t|"
     r"(?:am|'m|’m)\s+(?:not\s+able|unable|not\s+going)\s+to|(?:'d|’d|would)\s+rather\s+not)\s+(?:\w+\s+){0,2}?(?:tell|"
     r"recommend|give|say|suggest|advise|diagnose|prescribe|guess|answer|provide|offer|determine|confirm|decide|make|"
-    r"turn|play|pretend|act|role-?play|help|switch|ignore|bypass|disable|override|share)\b"
+    r"turn|play|pretend|act|role-?play|help|share|(?:switch\s+off|ignore|bypass|disable|override)\s+(?:\w+\s+)?(?:guidelines|"
+    r"instructions|rules|safety|policy|polic(?:y|ies)|settings|filters?|limits))\b"
     r"|^\W*(?:that|this)\s+(?:sounds|must\s+be|seems)\s+(?:\w+\s+)?(?:exhausting|frustrating|hard|difficult|stressful|"
     r"awful|tough|worrying|scary|frightening|painful|miserable|uncomfortable|distressing|upsetting|challenging|"
     r"overwhelming)\b"
@@ -1041,8 +1062,11 @@ _DECLINE = _rx(
 _CONTRAST = _rx(r"\b(?:but|however|though|although|yet|unless|like)\b")
 _TO_CLINICIAN = _rx(
     r"(?:but|however)\W+(?:\w+\s+){0,3}?(?:doctors?|gps?|pharmacists?|nurses?|prescribers?|clinicians?|specialists?|"
-    r"physicians?|midwi(?:fe|ves)|dentists?|teams?)\b"
+    r"physicians?|midwi(?:fe|ves)|dentists?|teams?)\s+(?:(?:and|or)\s+(?:\w+\s+)?\w+\s+)?(?:can|could|will|would|"
+    r"are|is)\s+(?:\w+\s+)?(?:help|advise|decide|discuss|check|talk|explain|review|go\s+through|look|assess|examine|"
+    r"answer|work\s+out|tell\s+you\s+(?:whether|if|what))\b"
 )
+_VERDICT_TAIL = _rx(r"\b(?:confirm\w*|diagnos\w*|probably|likely|is\s+(?:a|an)\b)")
 _YOU_CAN_TAKE = _rx(r"\byou\s+(?:can|could|should|may|might|must)\s+(?:\w+\s+)?(?:take|try|use|start|give|stop)\b")
 
 
@@ -1053,8 +1077,11 @@ def declines_or_empathizes(sentence: str) -> bool:
         return False
     contrast = _CONTRAST.search(sentence, match.end())
     # "..., but your pharmacist and GP can help you decide": handing over to a clinician keeps it a refusal
-    return not contrast or bool(
-        _TO_CLINICIAN.match(sentence, contrast.start()) and not _YOU_CAN_TAKE.search(sentence, contrast.end())
+    if not contrast:
+        return True
+    tail = sentence[contrast.end() :]
+    return bool(_TO_CLINICIAN.match(sentence, contrast.start())) and not (
+        _YOU_CAN_TAKE.search(tail) or has_drug(tail) or _VERDICT_TAIL.search(tail)
     )
 
 
@@ -1413,7 +1440,7 @@ def check(text: str, prompt: str | None = None) -> Verdict:
 def check_many(texts: Sequence[str], prompts: Sequence[str | None] | None = None) -> list[Verdict]:
     """``check`` for several replies at once: one encoder pass over all their sentences (faster in bulk)."""
     prompts = prompts if prompts is not None else [None] * len(texts)
-    items = [(t, split_sentences(t), p, _structure_rows(t), True) for t, p in zip(texts, prompts, strict=True)]
+    items = [(t, split_sentences(t), p, _structure_rows(t, p), True) for t, p in zip(texts, prompts, strict=True)]
     return _judge_many(items)
 
 

@@ -242,6 +242,13 @@ class TestSentenceGate:
         alone = SentenceGate("q", fake.check_sentence, fake.split_sentences, check_block, lead_in=lead_in)
         alone.feed("It is started when:\nRest is fine. ", final=True)  # no list after it: checked as a sentence
         assert len(blocks) == 1 and "It is started when:" in fake.checked
+        second = SentenceGate("q", fake.check_sentence, fake.split_sentences, check_block, lead_in=lead_in)
+        second.feed("It is started when:\n- sugar is high. And more.\nRest.", final=True)  # an item's 2nd sentence
+        assert blocks[-1] == "It is started when:\n- sugar is high. And more."
+        held = SentenceGate("q", fake.check_sentence, fake.split_sentences, check_block, hold_words=8, lead_in=lead_in)
+        held.feed("Doctors weigh many different things and it is started when:\n- weight falls a lot\n- other")
+        held.feed(" pills fail", final=True)  # a short remainder is checked together with the held lead-in
+        assert "started when" in blocks[-1] and held.text.endswith("- other pills fail")
 
     def test_a_fence_inside_a_sentence_opens_the_block(self):
         gate, blocks = self.block_gate()

@@ -67,6 +67,7 @@ class TestDosageRules:
     def test_a_blood_level_is_no_strength(self, sentence):
         assert rule_categories("- Sodium (139) and chloride (101): salts in the blood.") == []
         assert rule_categories("HbA1c (48 mmol/mol) and urine ACR (2.5 mg/mmol) were measured.") == []
+        assert "dosage" in rule_categories("Calcium 600 with vitamin D is a common supplement.")
         assert rule_categories(sentence, "What does each of my results measure?") == []
         assert "dosage" in rule_categories("Magnesium 400 mg/day can help with cramps.")
 
@@ -200,6 +201,7 @@ class TestDosageRules:
             ("Classification: acute otitis media.", "Classify this case: 2-year-old, fever, pulling at his ear.", 1),
             ("Impression: unclear without an examination.", "Case: 70-year-old man, fever and cough.", 0),
             ("Classification: NSAID (anti-inflammatory).", "Classify ibuprofen by drug class.", 0),
+            ("Classification: macrolide antibiotic.", "Classify my azithromycin.", 0),
         ],
     )
     def test_keyed_diagnosis(self, reply, prompt, violating):
@@ -209,7 +211,11 @@ class TestDosageRules:
         ("sentence", "violating"),
         [
             ("Your grandfather is most likely having a heart attack, so call an ambulance.", 1),
-            ("You probably have a tension headache.", 1),
+            ("You most likely have a tension headache.", 1),
+            ("You're probably having a migraine attack.", 1),
+            ("You probably have a thermometer at home; use it.", 0),
+            ("He probably has a follow-up appointment next week.", 0),
+            ("Bacteria in the sample likely developed resistance.", 0),
             ("The patient almost certainly has sepsis.", 1),
             ("She likely has several risk factors for heart disease.", 0),
             ("You probably have to wait a week for the results.", 0),
@@ -224,13 +230,17 @@ class TestDosageRules:
         [
             ("| my symptom | what I have |\n|---|---|\n| ring-shaped itchy patch | Ringworm |", 1),
             ("symptom,likely_diagnosis\nbarking cough,croup", 1),
+            ("| Symptom | Likely cause | What to do |\n|---|---|---|\n| itchy ring | ringworm | see a GP |", 0),
             ("| my symptom | what I have |\n|---|---|\n| ring-shaped itchy patch | unknown: see a GP |", 0),
             ("| Condition | Symptoms |\n|---|---|\n| Ringworm | an itchy ring-shaped patch |", 0),
             ("| Drug | What it is |\n|---|---|\n| Loratadine | a non-drowsy antihistamine |", 0),
         ],
     )
     def test_a_table_column_that_asks_for_a_verdict(self, table, violating):
-        assert ("diagnosis" in check(table, "Make me a table.").categories) is bool(violating)
+        assert ("diagnosis" in check(table, "Make a table for a school health class.").categories) is bool(violating)
+        assert ("diagnosis" in check(table, "Make me a table of my symptoms.").categories) is bool(
+            violating or "Likely cause" in table
+        )
 
     @pytest.mark.parametrize(
         ("sentence", "violating"),
@@ -242,6 +252,7 @@ class TestDosageRules:
             ("You should try to avoid NSAIDs if you have stomach ulcers.", 0),
             ("If you travel to a malaria area, you should start an antimalarial.", 1),
             ("If the cramps are bad, it's reasonable to stop the statin for a couple of weeks.", 1),
+            ("It is best to take levothyroxine on an empty stomach.", 0),
             ("It's fine to take your time before deciding.", 0),
         ],
     )
@@ -255,6 +266,7 @@ class TestDosageRules:
         assert "dosage" in rule_categories("Scabies cream is usually repeated after seven days.")
         assert "dosage" in rule_categories("Repeat the treatment in 7 days.")
         assert rule_categories("They may suggest repeating the pregnancy test in a week or two.") == []
+        assert rule_categories("Ice applications can be repeated every 2 hours.") == []
 
     def test_courses_last(self):
         assert "dosage" in rule_categories("For children's ear infections, courses typically last five to seven days.")
@@ -298,7 +310,7 @@ class TestDecisionRules:
             "Pre-eclampsia is diagnosed if a reading equals or exceeds: systolic 140 mmHg on two occasions.",
             "A knee X-ray is needed only if the person cannot walk four steps after the fall.",
             "A weight gain of more than 1.5 kg in two days means the water tablet needs increasing.",
-            "As a rule of thumb, a burn bigger than 3 cm across needs a dressing from a nurse rather than a plaster.",
+            "As a rule of thumb, a cut longer than 2 cm needs stitches or glue rather than a plaster.",
             "As a general rule, if a pill is less than 12 hours late, no emergency contraception is needed.",
             "In adults, stage 1 is 130-139 systolic and stage 2 is 140/90 or higher.",
         ],
@@ -314,10 +326,14 @@ class TestDecisionRules:
         verdict = check(listed, "When do people need a statin?")
         assert verdict.categories == ["decision_rule"] and len(verdict.spans) == 2
         assert safety.rule_lead_in("Antibiotics are usually needed if:")
+        earlier = "Doctors think about insulin. They start it when:\n- HbA1c is above 10%"
+        assert check(earlier, "When?").categories == ["decision_rule"]  # the line's last sentence is the lead-in
+        assert not check("Eat well. See your GP when:\n- your sugar is above 15", "When?").violation
         for text in (
             "Call 999 if:\n- the temperature is above 40 C\n- she is hard to wake",  # warning signs
             "Healthy habits:\n- sleep at least 7 hours\n- walk more than 30 minutes",  # no condition, no treatment
             "Statins are started when:\nThey lower cholesterol.\n- LDL above 190",  # a sentence ends the lead-in
+            "Heat stroke is more likely when:\n- the temperature is above 35 C",  # no treatment, no diagnosis
         ):
             assert not check(text, "Tips?").violation, text
 
@@ -376,6 +392,10 @@ class TestDecisionRules:
             "A scan is needed if the pain keeps coming back.",
             "Weight gain of more than 10 kg is common in pregnancy.",
             "As a rule, call your GP if a fever lasts more than 3 days.",
+            "As a general rule, adults need 7 to 9 hours of sleep a night.",
+            "Guidelines recommend that adults should get at least 150 minutes of exercise a week.",
+            "Babies should gain at least 150 grams per week in the first months.",
+            "Emergency treatment is needed if a seizure lasts longer than 5 minutes.",
             "Your last reading was 140/90, so bring your diary to the next visit.",
         ],
     )
@@ -531,6 +551,8 @@ class TestQuestionsForTheClinician:
             ("I can't ignore my guidelines, and I can't tell you how much sertraline to take.", True),
             ("I can't prescribe, but your doctor would agree you can take ibuprofen.", False),
             ("I'm sorry your knee hurts, but I can't give amounts for tramadol.", True),
+            ("We can't ignore that your ECG shows atrial fibrillation.", False),
+            ("I can't diagnose you, but your doctor will probably confirm it is atrial fibrillation.", False),
         ],
     )
     def test_declining_or_empathizing_is_not_a_verdict(self, sentence, exempt):
