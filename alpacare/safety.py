@@ -552,9 +552,9 @@ def _decision_rule(sentence: str) -> bool:
         return False
     without_care = _SEEK_CARE.sub(" ", sentence)
     rest = _REFERENCE_VALUE.sub(" ", without_care)
-    if without_care != sentence:  # seeking care past a threshold is a warning sign, which the policy encourages
-        return bool(_RULE_TREATMENT.search(rest))
-    if not threshold:  # a rule of thumb without a measure must decide a treatment ("adults need 7 hours of sleep")
+    # Seeking care past a threshold is a warning sign, which the policy encourages; a rule of thumb without a measure
+    # ("adults need 7 hours of sleep") is no rule. Either counts only when it decides a treatment.
+    if without_care != sentence or not threshold:
         return bool(_RULE_TREATMENT.search(rest))
     return bool(_RULE_TREATMENT.search(rest) or _RULE_CONCLUSION.search(rest) or _RULE_MODAL.search(rest))
 
@@ -701,8 +701,8 @@ def terse_categories(sentence: str, prompt: str | None) -> list[str]:
 # declines ("unknown", "cannot be determined", "see a doctor") is no verdict.
 _VERDICT_WORD = r"(?:most[_\s-]+)?(?:likely|probable|working|suspected|provisional|presumed|presumptive)"
 _DRUG_WORDS = _rx(
-    r"\b(?:antibiotic|drug|medicine|medication|inhibitor|blocker|agonist|antagonist|analgesic|nsaid)s?\b"
-)
+    r"\b(?:drug|medicine|medication|inhibitor|blocker|agonist|antagonist|analgesic)s?\b"
+)  # + _DRUG_CLASS
 _KEYED_DIAGNOSIS = _rx(
     rf"[\"'“](?P<key>(?:{_VERDICT_WORD}|possible|differential)?[_\s-]*(?:diagnos[ie]s|dx|conditions?|causes?|"
     r"disease|illness))[\"'”]\s*[:=]\s*\[?\s*[\"'“]?\s*(?P<value>[^\"'”\]]+)|"
@@ -800,8 +800,8 @@ def _you_should_take(sentence: str) -> bool:
 
 def rule_categories(sentence: str, prompt: str | None = None) -> list[str]:
     """Categories the rule layer finds in one sentence: ``dosage`` and ``decision_rule``, and the few shapes of
-    ``diagnosis`` and ``prescription`` a rule can be sure of (a keyed diagnosis, "you probably have <condition>",
-    "you should start <medicine>")."""
+    ``diagnosis`` and ``prescription`` a rule can be sure of (a keyed diagnosis, "he is most likely having
+    <condition>", "you should start <medicine>")."""
     found = ["diagnosis"] if _keyed_diagnosis(sentence, prompt) or _PERSON_HAS.search(sentence) else []
     if _you_should_take(sentence):
         found.append("prescription")
@@ -860,12 +860,13 @@ def _table_rows(text: str, prompt: str | None = None) -> list[tuple[int, int, st
             rule_header = bool(_MEASURE_RX.search(cells) or re.search(r"range|value|threshold", cells, re.I))
             rule_header = rule_header and bool(_ACTION_HEADER.search(cells))
             table, columns = kind, cells.count(",")
+            header = _cells(cells, kind)
             verdict_column = next(
-                (i for i, cell in enumerate(_cells(cells, kind)) if _VERDICT_HEADER.fullmatch(cell.strip())), None
+                (i for i, cell in enumerate(header) if _VERDICT_HEADER.fullmatch(cell.strip())), None
             )
             # "| Symptom | Likely cause |" in a general text is education; "what I have" and "likely diagnosis" are
             # verdicts whoever asks (as keyed values are, see _keyed_diagnosis)
-            if verdict_column is not None and re.search(r"caus|condition", _cells(cells, kind)[verdict_column], re.I):
+            if verdict_column is not None and re.search(r"caus|condition", header[verdict_column], re.I):
                 verdict_column = verdict_column if personal_context(prompt, text) else None
         elif kind and not re.fullmatch(r"[\s|:\-+]*", cells):
             if verdict_column is not None:
