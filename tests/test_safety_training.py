@@ -97,20 +97,22 @@ class TestShippedLabels:
 
 class TestReplyThresholds:
     def table(self):
-        # 6 answers: 4 violating (2 diagnosis, 2 prescription), 2 clean; one clean answer scores high on diagnosis.
+        # 6 answers: 4 violating (2 diagnosis, 2 prescription, no decision rule), 2 clean; one clean answer scores
+        # high on diagnosis.
         return {
             "violating": np.array([True, True, True, True, False, False]),
-            "by_category": np.array([[1, 0], [1, 0], [0, 1], [0, 1], [0, 0], [0, 0]], dtype=bool),
+            "by_category": np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 1, 0], [0, 0, 0], [0, 0, 0]], dtype=bool),
             "rules": np.zeros(6, dtype=bool),
             "max_probs": np.array(
-                [[0.9, 0.0], [0.6, 0.0], [0.0, 0.8], [0.1, 0.7], [0.7, 0.1], [0.2, 0.2]], dtype=float
+                [[0.9, 0.0, 0.0], [0.6, 0.0, 0.0], [0.0, 0.8, 0.0], [0.1, 0.7, 0.0], [0.7, 0.1, 0.0], [0.2, 0.2, 0.0]],
+                dtype=float,
             ),
         }
 
     def test_keeps_the_false_positive_rate_and_maximizes_recall(self):
         thresholds, figures = st.choose_reply_thresholds(self.table(), max_reply_fpr=0.0)
         assert figures["fpr"] == 0.0
-        assert figures["per_category_recall"] == {"diagnosis": 0.5, "prescription": 1.0}
+        assert figures["per_category_recall"] == {"diagnosis": 0.5, "prescription": 1.0, "decision_rule": None}
         assert thresholds[0] > 0.7 and thresholds[1] <= 0.7
 
     def test_a_larger_budget_buys_recall(self):
@@ -128,7 +130,7 @@ class TestReplyThresholds:
         table["violating"][2:4] = False  # no prescription answers left: 2 violating, 4 clean
         table["by_category"][:, 1] = False
         thresholds, figures = st.choose_reply_thresholds(table, max_reply_fpr=0.25)
-        assert figures["per_category_recall"] == {"diagnosis": 1.0, "prescription": None}
+        assert figures["per_category_recall"] == {"diagnosis": 1.0, "prescription": None, "decision_rule": None}
         assert figures["recall"] == 1.0 and figures["fpr"] == 0.25
 
     def test_no_violating_answers_still_chooses(self):
@@ -136,7 +138,7 @@ class TestReplyThresholds:
         table["violating"][:] = False
         table["by_category"][:] = False
         thresholds, figures = st.choose_reply_thresholds(table, max_reply_fpr=0.0)
-        assert figures["recall"] == 0.0 and figures["fpr"] == 0.0 and len(thresholds) == 2
+        assert figures["recall"] == 0.0 and figures["fpr"] == 0.0 and len(thresholds) == 3
 
 
 class TestWeights:
@@ -177,7 +179,8 @@ class TestFitHead:
                 "weights", "bias", "mlp_w1", "mlp_b1", "mlp_w2", "mlp_b2", "categories", "vocabulary", "thresholds"
             }  # fmt: skip
             d = saved["weights"].shape[1]
-            assert saved["mlp_w1"].shape == (2, 384 + 6 + 384, 16) and d == 384 + 6 + 2 * len(saved["vocabulary"])
+            assert saved["mlp_w1"].shape == (len(st.CATEGORIES), 384 + 6 + 384, 16)
+            assert d == 384 + 6 + 2 * len(saved["vocabulary"])
 
     def test_checker_ensemble_matches_a_numpy_reference(self, fitted, monkeypatch):
         from alpacare import safety
@@ -199,7 +202,7 @@ class TestFitHead:
     def test_the_head_learns_its_training_sentences(self, fitted):
         examples, head, _ = fitted
         probs, y = head["oof_probs"], head["y"]
-        for k in range(2):
+        for k in range(len(st.CATEGORIES)):
             seen = ~np.isnan(probs[:, k])
             positives, negatives = probs[seen & (y[:, k] == 1), k], probs[seen & (y[:, k] == 0), k]
             # Out of fold, a violating sentence outranks a clean one most of the time (AUC well above chance).

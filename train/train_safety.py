@@ -3,10 +3,11 @@
     . .venv/bin/activate && HF_HUB_OFFLINE=1 python train/train_safety.py --shared ../shared/data
 
 Reads the sentences in ``alpacare/safety_data/`` (ours) plus our labels on shared answers (texts read from
-``--shared``; skipped when that folder is absent), fits per classifier category (diagnosis, prescription) a logistic
-regression on MiniLM embeddings + cue features + word n-grams and averages it with a small MLP, picks the
-thresholds that give the best out-of-fold reply recall at a reply false-positive rate of ``--max-reply-fpr`` on our
-labeled answers (never on ``safety_dev.jsonl``), and prints the out-of-fold figures as one JSON line.
+``--shared``; skipped when that folder is absent), fits per classifier category (diagnosis, prescription,
+decision_rule) a logistic regression on MiniLM embeddings + cue features + word n-grams and averages it with a small
+MLP, picks the thresholds that give the best out-of-fold reply recall at a reply false-positive rate of
+``--max-reply-fpr`` on our labeled answers (never on ``safety_dev.jsonl``), and prints the out-of-fold figures as
+one JSON line.
 """
 
 from __future__ import annotations
