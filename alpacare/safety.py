@@ -355,7 +355,7 @@ _THRESHOLD = _rx(
     rf"\b{_MEASURE}\b(?:[\s,:()'’|-]+[\w.'’/-]+){{0,6}}?[\s,:()|-]+(?:{_COMPARATOR}\s*{NUMBER}|{NUMBER}(?:/\d+)?\s*"
     rf"(?:%|{_STRONG_UNIT}|mmhg|mmol/l|mmol/mol|mg/dl|°\s*[cf]|degrees?(?:\s+[cf]\w*)?)?"
     rf"(?:\s*\([^)]{{1,25}}\))?{_OR_MORE})"  # "126 mg/dL (7.0 mmol/L) or higher"
-    rf"|(?:{_COMPARATOR}\s*{NUMBER}|{_DIGITS}{_OR_MORE})\s*(?:%|mmhg|mmol/l|mg/dl|°\s*[cf])?\s+(?:\w+\s+){{0,2}}?"
+    rf"|(?:{_COMPARATOR}\s*{NUMBER}|(?<![\d.,/]){_DIGITS}{_OR_MORE})\s*(?:%|mmhg|mmol/l|mg/dl|°\s*[cf])?\s+(?:\w+\s+){{0,2}}?"
     rf"(?:{_MEASURE}|criteria|of\s+the\s+(?:following|criteria|signs|symptoms|features))\b"
     # a blood pressure is its own measure: "stage 2 is 140/90 or higher", "below 120/80"
     rf"|(?:(?:above|over|below|under|(?:less|more|greater|higher|lower)\s+than|at\s+least|exceed\w*|[<>]=?|[≥≤])\s*"
@@ -424,9 +424,8 @@ _REFERENCE_VALUE = _rx(
 # ("No fasting is usually needed for this test") and refusals. 62 of the 697 labeled rules in the training
 # sentences fail it (step-up rules such as "surgery is reserved for severe cases", and reference values).
 _RULE_CUE = _rx(
-    rf"(?<![\w/]){_ONE_NUMBER}|\b(?:half|double|twice|first|second|third|if|unless|when|whenever|once|until|till|"
-    r"within|before|after|below|above|over|under|less\s+than|more\s+than|at\s+least|exceed\w*|beyond|only|"
-    r"positive|negative|high|low|raised|elevated|normal|abnormal)\b"
+    rf"(?<![\w/]){_ONE_NUMBER}|\b(?:half|double|twice|if|unless|when|whenever|once|until|till|within|before|after|"
+    r"below|above|over|under|less\s+than|more\s+than|at\s+least|exceed\w*|beyond|only)\b"
 )
 
 
@@ -437,21 +436,40 @@ def could_be_rule(sentence: str) -> bool:
     return not (_REFERENCE_VALUE.search(sentence) and not _RULE_TREATMENT.search(sentence))
 
 
+# A normal range stated as education: "Normal fasting blood sugar ... is typically below 100 mg/dL", "A normal
+# potassium level is roughly 3.5 to 5.0 mmol/L".
+_NORMAL_RANGE = _rx(
+    rf"\b(?:normal|typical|healthy|usual|reference)\b[^.;]{{0,80}}?\b(?:is|are|lies|runs|ranges?)\b[^.;]{{0,30}}?"
+    rf"(?:below|above|under|over|between|about|around|roughly|approximately|from|less\s+than|more\s+than|<|>|"
+    rf"(?<![\w/]){_DIGITS})"
+)
+
+
 def _rule_head_counts(sentence: str) -> bool:
-    """Whether the decision_rule head's verdict counts for this sentence when checking: ``could_be_rule``, not a
-    warning sign ("Call 999 if the temperature is above 40 C", which the policy encourages; the threshold rules make
-    the same exception), and not a fragment that only states a value without deciding anything: a list item ("- the
-    temperature is above 40 C" under "Call 999 if:"; under a rule's lead-in the rules judge the list whole), a table
-    row or a terse answer ("Above 10%.", which the terse rules judge with its question). Applied at check time only,
-    after the thresholds (chosen with ``could_be_rule``), like the other exemptions in ``_verdict``."""
+    """Whether the decision_rule head's verdict counts for this sentence when checking. Applied at check time only,
+    after the thresholds (chosen with ``could_be_rule``), like the other exemptions in ``_verdict``. It counts on a
+    sentence that ``could_be_rule``, except:
+
+    * a warning sign that decides nothing else ("Call 999 if her temperature is above 40 C", which the policy
+      encourages): seeking care, with no treatment and no conclusion left once it is removed ("... means diabetes;
+      see your doctor" still counts);
+    * a normal range stated as education, with no treatment word ("A normal potassium level is roughly 3.5 to 5.0
+      mmol/L": a supplement's name here names a blood level);
+    * a fragment of at most 8 words that names no treatment, medicine or conclusion: a list item under "Call 999
+      if:" ("- the temperature is above 40 C"), a table cell, a CSV header, a terse answer ("Above 10%.", which the
+      terse rules judge with its question). "Aciclovir only if symptoms exceed five days." names a medicine: counts.
+    """
     if not could_be_rule(sentence):
         return False
+    treatment = bool(_RULE_TREATMENT.search(sentence) or has_drug(sentence))
     rest = _SEEK_CARE.sub(" ", sentence)
-    if rest != sentence and not _RULE_TREATMENT.search(rest):
+    if rest != sentence and not (_RULE_TREATMENT.search(rest) or has_drug(rest) or _RULE_CONCLUSION.search(rest)):
         return False
-    if _RULE_TREATMENT.search(sentence) or _RULE_CONCLUSION.search(sentence) or _RULE_MODAL.search(sentence):
+    if _NORMAL_RANGE.search(sentence) and not _RULE_TREATMENT.search(sentence):  # "potassium" is a level here
+        return False
+    if treatment or _RULE_CONCLUSION.search(sentence) or _RULE_MODAL.search(sentence):
         return True
-    return not (is_list_item(sentence) or terse_words(sentence) <= TERSE_MAX_WORDS)
+    return terse_words(sentence) > TERSE_MAX_WORDS
 
 
 # Amounts that are not of a medicine: dietary limits ("less than 2,300 mg of sodium a day"), exercise counts and
