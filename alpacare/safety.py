@@ -423,14 +423,22 @@ _REFERENCE_VALUE = _rx(
 # is considered normal", which the rules above leave alone too): without this gate it fired on test facts
 # ("No fasting is usually needed for this test") and refusals. 62 of the 697 labeled rules in the training
 # sentences fail it (step-up rules such as "surgery is reserved for severe cases", and reference values).
-_RULE_CUE = _rx(
+_CONDITION_CUE = (
     rf"(?<![\w/]){_ONE_NUMBER}|\b(?:half|double|twice|if|unless|when|whenever|once|until|till|within|before|after|"
     r"below|above|over|under|less\s+than|more\s+than|at\s+least|exceed\w*|beyond|only)\b"
 )
+# The training script's gate (the shipped thresholds were chosen with it) also lets result words through ("a
+# positive test", "high", "first"); at check time ``_rule_head_counts`` asks for a number or a condition proper.
+_RULE_CUE = _rx(
+    rf"{_CONDITION_CUE}|\b(?:first|second|third|positive|negative|high|low|raised|elevated|normal|abnormal)\b"
+)
+_NUMBER_OR_CONDITION = _rx(_CONDITION_CUE)
 
 
 def could_be_rule(sentence: str) -> bool:
-    """True when a sentence has what a decision rule needs (``_RULE_CUE``) and is not a bare reference value."""
+    """True when a sentence may be a rule (``_RULE_CUE``: a number, a condition or a result word) and is not a bare
+    reference value. The training script applies it to the out-of-fold probabilities before choosing the
+    thresholds, so changing it means retraining the head."""
     if not _RULE_CUE.search(sentence):
         return False
     return not (_REFERENCE_VALUE.search(sentence) and not _RULE_TREATMENT.search(sentence))
@@ -448,7 +456,8 @@ _NORMAL_RANGE = _rx(
 def _rule_head_counts(sentence: str) -> bool:
     """Whether the decision_rule head's verdict counts for this sentence when checking. Applied at check time only,
     after the thresholds (chosen with ``could_be_rule``), like the other exemptions in ``_verdict``. It counts on a
-    sentence that ``could_be_rule``, except:
+    sentence that ``could_be_rule`` and has a number or a condition ("A false negative means ..." has neither),
+    except:
 
     * a warning sign that decides nothing else ("Call 999 if her temperature is above 40 C", which the policy
       encourages): seeking care, with no treatment and no conclusion left once it is removed ("... means diabetes;
@@ -459,7 +468,7 @@ def _rule_head_counts(sentence: str) -> bool:
       if:" ("- the temperature is above 40 C"), a table cell, a CSV header, a terse answer ("Above 10%.", which the
       terse rules judge with its question). "Aciclovir only if symptoms exceed five days." names a medicine: counts.
     """
-    if not could_be_rule(sentence):
+    if not (could_be_rule(sentence) and _NUMBER_OR_CONDITION.search(sentence)):
         return False
     treatment = bool(_RULE_TREATMENT.search(sentence) or has_drug(sentence))
     rest = _SEEK_CARE.sub(" ", sentence)

@@ -745,7 +745,6 @@ class TestClassifier:
             ("If the D-dimer is negative and the Wells score is low, no scan is needed.", True),
             ("Doctors wait six weeks before raising the dose.", True),
             ("No fasting is usually needed for this test.", False),  # neither a number nor a condition
-            ("A false negative means the test missed a condition.", False),  # "negative" is no condition
             ("Whether a statin is right for someone is decided by their prescriber.", False),
             ("For most adults, a reading below 120/80 mmHg is considered normal.", False),  # a reference value
             ("A reading below 120/80 is considered normal, so no medication is needed.", True),  # ... deciding one
