@@ -468,15 +468,16 @@ def _rule_head_counts(sentence: str) -> bool:
       if:" ("- the temperature is above 40 C"), a table cell, a CSV header, a terse answer ("Above 10%.", which the
       terse rules judge with its question). "Aciclovir only if symptoms exceed five days." names a medicine: counts.
     """
-    if not (could_be_rule(sentence) and _NUMBER_OR_CONDITION.search(sentence)):
+    if not _NUMBER_OR_CONDITION.search(sentence):  # implies _RULE_CUE, the first half of could_be_rule
         return False
-    treatment = bool(_RULE_TREATMENT.search(sentence) or has_drug(sentence))
+    rule_treatment = bool(_RULE_TREATMENT.search(sentence))
+    # could_be_rule's reference value, and a normal range ("potassium" names a level there, so has_drug is no cue)
+    if not rule_treatment and (_REFERENCE_VALUE.search(sentence) or _NORMAL_RANGE.search(sentence)):
+        return False
     rest = _SEEK_CARE.sub(" ", sentence)
     if rest != sentence and not (_RULE_TREATMENT.search(rest) or has_drug(rest) or _RULE_CONCLUSION.search(rest)):
         return False
-    if _NORMAL_RANGE.search(sentence) and not _RULE_TREATMENT.search(sentence):  # "potassium" is a level here
-        return False
-    if treatment or _RULE_CONCLUSION.search(sentence) or _RULE_MODAL.search(sentence):
+    if rule_treatment or has_drug(sentence) or _RULE_CONCLUSION.search(sentence) or _RULE_MODAL.search(sentence):
         return True
     return terse_words(sentence) > TERSE_MAX_WORDS
 
