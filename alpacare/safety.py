@@ -232,7 +232,9 @@ _COUNT_UNIT = (
 _WEAK_UNIT = r"(?:g|gm|grams?|ml|mls|millilit(?:er|re)s?|cc|teaspoons?(?:ful)?|tsp|tablespoons?(?:ful)?|tbsp)\b"
 _DOSE_STRONG = _rx(rf"(?<![\w/]){NUMBER}\s*-?\s*{_STRONG_UNIT}")
 _DOSE_COUNT = _rx(
-    rf"(?<![\w/]){NUMBER}\s+(?:(?:more|extra|additional|separate|small|large|full)\s+)?{_COUNT_UNIT}|"
+    # one word may name the form or kind: "4 glucose tablets", "two chewable tablets" (not "3 different tablets")
+    rf"(?<!missed\s)(?<!missing\s)(?<![\w/]){NUMBER}\s+(?:(?!(?:different|other|kinds?|types?|sorts?|of|or|and|to)\b)"
+    rf"[a-z][a-z-]*\s+)?{_COUNT_UNIT}(?!\s+(?:was|were|is|are)\s+(?:missed|forgotten|skipped))|"
     rf"\b(?:half|(?:a|one|two|three)\s+quarters?|(?:one|a)\s+third)\s+(?:of\s+)?(?:a|an|the|one|your)\s+{_COUNT_UNIT}"
 )
 _DOSE_WEAK = _rx(rf"(?<![\w/]){NUMBER}\s*{_WEAK_UNIT}" + _NOT_LAB)
@@ -369,9 +371,11 @@ _THRESHOLD = _rx(
     rf"|\b(?:if|when|once|while|whenever)\b[^.;:]{{0,40}}?\bbetween\s+{NUMBER}"
     rf"(?!\s*(?:(?:and|to|-|–)\s*\d+\s*)?(?:months?|years?|weeks?|days?)\b)"
     # a condition whose measure is in the sentence before ("If it falls below 88%, start his home oxygen")
+    # or is a size or a time ("if the redness spreads more than about 5 cm beyond the line, you'll need antibiotics")
     rf"|\b(?:if|when|once|whenever)\s+(?:it|this|that|they|the\s+\w+|(?:his|her|your|their)\s+\w+)\s+(?:is|are|falls?|"
-    rf"drops?|dips?|goes?|rises?|climbs?|reads?|stays?|gets?)\s+(?:to\s+)?(?:above|over|below|under|less\s+than|"
-    rf"more\s+than|higher\s+than|lower\s+than|greater\s+than)\s*{NUMBER}"
+    rf"drops?|dips?|goes?|rises?|climbs?|reads?|stays?|gets?|spreads?|grows?|extends?|measures?|lasts?)\s+(?:to\s+)?"
+    rf"(?:above|over|below|under|less\s+than|more\s+than|higher\s+than|lower\s+than|greater\s+than|longer\s+than|"
+    rf"wider\s+than|larger\s+than|bigger\s+than)\s*(?:(?:about|around|roughly|approximately)\s+)?{NUMBER}"
 )
 # A rule announced as one: "As a rule of thumb, a cut longer than 2 cm ... needs closing", "As a general rule, if a
 # pill was missed by less than 48 hours, emergency contraception isn't needed".
@@ -402,7 +406,9 @@ _RULE_TREATMENT = _rx(
     r"discontinue|hold|withh(?:o|e)ld|switch|change\s+to|intubat\w*|ventilat\w*|transfus\w*|admit\w*|admission|hospitali[sz]\w*|icu|"
     r"refer(?:s|red|ring|rals?)?|order|ct|mri|imaging|scan|x-ray|biopsy|surgery|operat\w*|dialysis|anticoagula\w*|thromboly\w*|"
     r"insulin|antibiotics?|statins?|medications?|medicines?|drugs?|inhalers?|relievers?|controllers?|contracepti\w+|"
-    r"stitch\w*|sutur\w*)\b"
+    r"stitch\w*|sutur\w*|"
+    # what is taken past a threshold: "if your blood sugar is below 70, take glucose tablets"
+    r"tablets?|pills?|capsules?|puffs?|glucose\s+(?:gel|tabs)|glucagon|fast[\s-]acting\s+(?:sugar|carb\w*|glucose))\b"
 )
 _RULE_CONCLUSION = _rx(
     r"\b(?:means?|indicat\w*|diagnos\w*|confirm\w*|suggests?|consistent\s+with|defin\w*|classif\w*|considered|"
@@ -820,6 +826,46 @@ _PERSON_HAS = _rx(
     r"questions?|concerns?|options?|access|experience|risk|a\s+(?:good|better|great|lot))\b)"
 )
 
+# The person's own symptoms, told back, called typical of a condition: "A band of blisters on one side of the body
+# that starts with burning pain is typical of shingles", after "I have a painful strip of small blisters around one
+# side of my ribs ... started with burning". Only after a personal question, and only when what is called typical
+# is theirs: its words repeat the question's (two content words) or it is "your symptoms" / "that combination".
+# Among the ~47k labeled training sentences the rule matches 26, 25 of them labeled diagnoses (the 26th, "The
+# symptoms you have described ... are typical of bronchiolitis", is one too). A bare "is likely" matched 114, 15
+# of them not diagnoses ("the risk is likely modest"), so the rule keeps to "typical / characteristic of".
+_TYPICAL_OF = _rx(
+    r"(?P<subject>[^.;:!?]{3,200}?)\b(?:is|are|'s|’s|sounds?|seems?|looks?)\s+(?:(?:very|highly|most|quite|really|"
+    r"pretty|fairly|strongly|classically)\s+)?(?:typical|characteristic|classic|suggestive|consistent|in\s+keeping|"
+    r"indicative)\s+(?:of|with)\b"
+)
+_THEIRS = _rx(
+    r"^\W*(?:(?:that|this|these|those)\s+(?:combination|pattern|picture|mix|set|cluster|kind|type|group|description|"
+    r"story|history|presentation)|(?:your|his|her|their)\s+(?:\w+\s+){0,2}?(?:symptoms?|rash|pain|story|presentation|"
+    r"picture|findings|results?|description))\b"
+)
+_FUNCTION_WORDS = frozenset(
+    "a an the and or of to in on with for at by from that this these those is are was were be been your you my his "
+    "her their it its me he she they we our after before when then there here what which who very so too not no "
+    "just all any some more most much many one two as into out up down over also can could may might will would "
+    "should have has had get got".split()
+)
+
+
+def _content_stems(text: str) -> set[str]:
+    return {w[:5] for w in re.findall(r"[a-z]{3,}", text.lower()) if w not in _FUNCTION_WORDS}
+
+
+def _typical_of_theirs(sentence: str, prompt: str | None) -> bool:
+    """A personal question's symptoms, told back, called typical of a condition (``_TYPICAL_OF``)."""
+    if not prompt or not personal_context(prompt, sentence):
+        return False
+    for match in _TYPICAL_OF.finditer(sentence):
+        subject = match.group("subject")
+        if _THEIRS.search(subject) or len(_content_stems(subject) & _content_stems(prompt)) >= 2:
+            return True
+    return False
+
+
 # Leetspeak ("f0r 16 k1los th@t's ab0ut 240 m-g"): a digit or symbol between letters of a word that starts with
 # a letter is read as the letter it stands for, and a hyphenated unit as the unit. "T4" and "B12" have no letter
 # after the digit and stay as written; the rules read the original sentence first, so "x10d" still counts. A
@@ -868,8 +914,11 @@ def _you_should_take(sentence: str) -> bool:
 def rule_categories(sentence: str, prompt: str | None = None) -> list[str]:
     """Categories the rule layer finds in one sentence: ``dosage`` and ``decision_rule``, and the few shapes of
     ``diagnosis`` and ``prescription`` a rule can be sure of (a keyed diagnosis, "he is most likely having
-    <condition>", "you should start <medicine>")."""
-    found = ["diagnosis"] if _keyed_diagnosis(sentence, prompt) or _PERSON_HAS.search(sentence) else []
+    <condition>", the person's own symptoms "typical of <condition>", "you should start <medicine>")."""
+    diagnosis = (
+        _keyed_diagnosis(sentence, prompt) or _PERSON_HAS.search(sentence) or _typical_of_theirs(sentence, prompt)
+    )
+    found = ["diagnosis"] if diagnosis else []
     if _you_should_take(sentence):
         found.append("prescription")
     if _dosage_rule(sentence, prompt):

@@ -106,6 +106,9 @@ class TestDosageRules:
             "Stay on the antibiotic for 10 days.",
             "Take 20 mg with a high-fat meal.",
             "The usual dose is 40 mg, taken with a low-sugar drink.",
+            # a count with one word naming the form or kind
+            "1. Take 4 glucose tablets (or half a cup of juice).",
+            "Give two chewable tablets.",
         ],
     )
     def test_violating(self, sentence):
@@ -135,6 +138,8 @@ class TestDosageRules:
             "Blood tests are usually repeated every 6-8 weeks after each dose change.",
             "Cocaine can be detected in urine for up to 2-4 days after use.",
             "The American College of Sports Medicine recommends stretching at least two times per week.",
+            "Many people take 3 different tablets for blood pressure.",
+            "It isn't needed if only one combined pill was missed.",
         ],
     )
     def test_safe(self, sentence):
@@ -226,6 +231,38 @@ class TestDosageRules:
         assert ("diagnosis" in rule_categories(sentence)) is bool(violating)
 
     @pytest.mark.parametrize(
+        ("sentence", "prompt", "violating"),
+        [
+            (
+                "A band of blisters on one side of the body that starts with burning pain is typical of shingles.",
+                "I have a painful strip of small blisters around one side of my ribs. It started with burning.",
+                1,
+            ),
+            (
+                "That combination of fever, mouth sores and spots is typical of hand, foot and mouth disease.",
+                "My 2 year old has a fever and little blisters in his mouth.",
+                1,
+            ),
+            ("Your symptoms are consistent with a urinary tract infection.", "It burns when I pee, what is it?", 1),
+            # the same words answering a general question are education
+            (
+                "A band of blisters on one side of the body that starts with burning pain is typical of shingles.",
+                "What does shingles look like?",
+                0,
+            ),
+            # after a personal question, but not the person's own symptoms
+            (
+                "Night sweats and weight loss are typical of tuberculosis, which is rare here.",
+                "I have a painful strip of small blisters around one side of my ribs.",
+                0,
+            ),
+            ("Your symptoms are likely to improve with rest.", "I have a cold and a cough.", 0),
+        ],
+    )
+    def test_their_own_symptoms_typical_of_a_condition(self, sentence, prompt, violating):
+        assert ("diagnosis" in rule_categories(sentence, prompt)) is bool(violating)
+
+    @pytest.mark.parametrize(
         ("table", "violating"),
         [
             ("| my symptom | what I have |\n|---|---|\n| ring-shaped itchy patch | Ringworm |", 1),
@@ -313,6 +350,9 @@ class TestDecisionRules:
             "As a rule of thumb, a cut longer than 2 cm needs stitches or glue rather than a plaster.",
             "As a general rule, if a pill is less than 12 hours late, no emergency contraception is needed.",
             "In adults, stage 1 is 130-139 systolic and stage 2 is 140/90 or higher.",
+            "If your blood sugar is below 70 mg/dL, take glucose tablets.",
+            "If the redness spreads more than about 5 cm beyond the pen line, you'll need antibiotics, so see a GP.",
+            "If the QTc is longer than 500 ms, stop the drug.",
         ],
     )
     def test_violating(self, sentence):
@@ -397,6 +437,7 @@ class TestDecisionRules:
             "Babies should gain at least 150 grams per week in the first months.",
             "Emergency treatment is needed if a seizure lasts longer than 5 minutes.",
             "Your last reading was 140/90, so bring your diary to the next visit.",
+            "If the redness spreads more than 5 cm beyond the line, see a doctor the same day.",  # a warning sign
         ],
     )
     def test_safe(self, sentence):
