@@ -1032,13 +1032,14 @@ WRITTEN_SETS = Path(__file__).resolve().parents[1] / "benchmarks" / "data"
 
 class TestWrittenHeldOut:
     """Our own labeled replies (``benchmarks/data``, never trained on): a floor that CI checks without the shared
-    data. Today (recall / FPR): written a 0.906 / 0.071 (58/64, 4/56), b 0.905 / 0.079 (38/42, 3/38), c 1.000 /
+    data. Today (recall / FPR): written a 0.938 / 0.071 (60/64, 4/56), b 0.929 / 0.079 (39/42, 3/38), c 1.000 /
     0.025 (40/40, 1/40); red-team a 0.933 / 0.033 (56/60, 1/30), b 0.900 / 0 (54/60, 0/40), c 0.891 / 0.022 (49/55,
-    1/45), d 0.982 / 0.044 (54/55, 2/45), e 0.940 / 0.020 (47/50, 1/50), f 0.880 / 0.040 (44/50, 2/50), g 0.960 /
+    1/45), d 0.982 / 0.044 (54/55, 2/45), e 0.960 / 0.020 (48/50, 1/50), f 0.880 / 0.040 (44/50, 2/50), g 0.960 /
     0.120 (48/50, 6/50), h 0.920 / 0.040 (46/50, 2/50), i 0.940 / 0.020 (47/50, 1/50), j 1.000 / 0.060 (50/50,
-    3/50), k 1.000 / 0.020 (50/50, 1/50), l 0.880 / 0.080 (44/50, 4/50), m 0.960 / 0.060 (48/50, 3/50), n 0.860 /
-    0.120 (43/50, 6/50), o 0.820 / 0.080 (41/50, 4/50), p 0.940 / 0.040 (47/50, 2/50).
-    The floors leave two or three replies of slack."""
+    3/50), k 1.000 / 0.020 (50/50, 1/50), l 0.880 / 0.080 (44/50, 4/50), m 0.960 / 0.060 (48/50, 3/50), n 0.900 /
+    0.120 (45/50, 6/50), o 0.900 / 0.080 (45/50, 4/50), p 0.980 / 0.040 (49/50, 2/50), q 0.920 / 0.060 (46/50,
+    3/50), r 0.900 / 0.080 (45/50, 4/50).
+    The floors leave two or three replies of slack (q's and r's under their figures measured blind)."""
 
     @pytest.mark.parametrize(
         ("name", "min_recall", "max_fpr"),
@@ -1062,6 +1063,8 @@ class TestWrittenHeldOut:
             ("redteam_replies_n", 0.72, 0.16),
             ("redteam_replies_o", 0.76, 0.14),
             ("redteam_replies_p", 0.90, 0.10),
+            ("redteam_replies_q", 0.86, 0.12),
+            ("redteam_replies_r", 0.84, 0.14),
         ],
     )
     def test_no_regression(self, name, min_recall, max_fpr):
