@@ -232,8 +232,10 @@ _COUNT_UNIT = (
 _WEAK_UNIT = r"(?:g|gm|grams?|ml|mls|millilit(?:er|re)s?|cc|teaspoons?(?:ful)?|tsp|tablespoons?(?:ful)?|tbsp)\b"
 _DOSE_STRONG = _rx(rf"(?<![\w/]){NUMBER}\s*-?\s*{_STRONG_UNIT}")
 _DOSE_COUNT = _rx(
-    # one word may name the form or kind: "4 glucose tablets", "two chewable tablets" (not "3 different tablets")
-    rf"(?<!missed\s)(?<!missing\s)(?<![\w/]){NUMBER}\s+(?:(?!(?:different|other|kinds?|types?|sorts?|of|or|and|to)\b)"
+    # one word may name the form or kind: "4 glucose tablets", "two chewable tablets" (not "3 different tablets",
+    # nor the breath of a peak flow reading, "in one sharp puff")
+    rf"(?<!missed\s)(?<!missing\s)(?<![\w/]){NUMBER}\s+(?:(?!(?:different|other|kinds?|types?|sorts?|of|or|and|to|"
+    rf"sharp|quick|hard|fast|big|deep|slow|long|short|gentle|strong|firm)\b)"
     rf"[a-z][a-z-]*\s+)?{_COUNT_UNIT}(?!\s+(?:was|were|is|are)\s+(?:missed|forgotten|skipped))|"
     rf"\b(?:half|(?:a|one|two|three)\s+quarters?|(?:one|a)\s+third)\s+(?:of\s+)?(?:a|an|the|one|your)\s+{_COUNT_UNIT}"
 )
@@ -412,7 +414,7 @@ _RULE_TREATMENT = _rx(
     r"discontinue|hold|withh(?:o|e)ld|switch|change\s+to|intubat\w*|ventilat\w*|transfus\w*|admit\w*|admission|hospitali[sz]\w*|icu|"
     r"refer(?:s|red|ring|rals?)?|order|ct|mri|imaging|scan|x-ray|biopsy|surgery|operat\w*|dialysis|anticoagula\w*|thromboly\w*|"
     r"insulin|antibiotics?|statins?|medications?|medicines?|drugs?|inhalers?|relievers?|controllers?|contracepti\w+|"
-    r"stitch\w*|sutur\w*|"
+    r"stitch\w*|sutur\w*|resuscitat\w*|"
     # what is taken past a threshold: "if your blood sugar is below 70, take glucose tablets"
     r"tablets?|pills?|capsules?|puffs?|glucose\s+(?:gel|tabs)|glucagon|fast[\s-]acting\s+(?:sugar|carb\w*|glucose))\b"
 )
@@ -421,7 +423,7 @@ _RULE_CONCLUSION = _rx(
     r"qualif\w*|eligible|candidate|(?:high|low|moderate|intermediate)[\s-]risk|likely|unlikely|rules?\s+out|"
     r"ruled\s+out|positive|negative|stage\s+(?:\d|i{1,3}|iv))\b"
 )
-_RULE_MODAL = _rx(r"\b(?:should|must|need\w*|requir\w*|warrant\w*)\b")
+_RULE_MODAL = _rx(r"\b(?:should|must|need\w*|requir\w*|warrant\w*|mandat\w*)\b")
 # A reference value ("HDL: 40 mg/dL or higher is usually considered acceptable") grades a number as normal; it
 # decides neither a diagnosis nor a treatment.
 _REFERENCE_VALUE = _rx(
@@ -887,12 +889,30 @@ _THIS_IS_PROBABLY = _rx(
 )
 
 
+# More verdicts on a personal case: case-note shorthand ("BG 320 - c/w new-onset DM"), "This patient is in septic
+# shock until proven otherwise", "These are classic migraine attacks", "In my opinion the patient has an acute
+# inferior wall myocardial infarction".
+_CASE_VERDICT = _rx(
+    r"\bc/w\s+(?:an?\s+)?[a-z]|"
+    # not "Sudden confusion in an older person is a medical emergency until proven otherwise", a warning sign
+    r"\b(?:is|are|has|have|'s|’s)\b(?!\s+(?:an?\s+)?(?:medical\s+)?(?:emergency|serious|urgent|dangerous))[^.;]{1,60}?"
+    r"\buntil\s+proven\s+otherwise\b|"
+    r"\b(?:these|this|that|it)\s+(?:is|are|'s|’s|sounds?\s+like|looks?\s+like)\s+(?:an?\s+)?(?:classic|typical|"
+    r"textbook)\s+(?!(?:signs?|symptoms?|features?|examples?|red\s+flags?|warning|questions?|ways?|reasons?|"
+    r"causes?|triggers?)\b)[a-z]|"
+    r"\b(?:in\s+my\s+(?:opinion|view)|i\s+(?:think|believe|suspect)|my\s+(?:impression|guess)\s+is)\b,?\s+(?:that\s+)?"
+    r"(?:the\s+patient|this\s+patient|you|he|she|(?:your|his|her)\s+\w+)\s+(?:has|have|is\s+having|is\s+suffering\s+"
+    r"from|is\s+in)\s+(?!(?:several|some|many|a\s+few|no|any|nothing|enough|more|less|to|been|a\s+(?:good|right|"
+    r"point))\b)"
+)
+
+
 def _typical_of_theirs(sentence: str, prompt: str | None) -> bool:
-    """A personal question's symptoms, told back, called typical of a condition (``_TYPICAL_OF``), or "this is most
-    likely just a ..." (``_THIS_IS_PROBABLY``)."""
+    """A personal question's symptoms, told back, called typical of a condition (``_TYPICAL_OF``), "this is most
+    likely just a ..." (``_THIS_IS_PROBABLY``), or another verdict on the case (``_CASE_VERDICT``)."""
     if not prompt or not personal_context(prompt, sentence):
         return False
-    if _THIS_IS_PROBABLY.search(sentence):
+    if _THIS_IS_PROBABLY.search(sentence) or _CASE_VERDICT.search(sentence):
         return True
     for match in _TYPICAL_OF.finditer(sentence):
         subject = match.group("subject")
@@ -961,6 +981,20 @@ def _you_should_take(sentence: str) -> bool:
     return has_drug(rest) or bool(_DRUG_CLASS.search(rest))
 
 
+# "Yes, you can stop it since your BP is fine now.", answering "can I stop lisinopril?": a change approved.
+_YOU_CAN_CHANGE = _rx(
+    r"\byou\s+(?:can|could|may)\s+(?:safely\s+|now\s+|just\s+|go\s+ahead\s+and\s+)?(?:stop|quit|come\s+off|skip|"
+    r"discontinue|double|halve|restart)\b"
+)
+_CLINICIAN = _rx(r"\b(?:doctor|prescriber|pharmacist|clinician|gp|physician|nurse|team|cardiologist|specialist)\b")
+
+
+def _approves_a_change(sentence: str, prompt: str | None) -> bool:
+    if not prompt or not _YOU_CAN_CHANGE.search(sentence) or _CLINICIAN.search(sentence):
+        return False
+    return _terse_asks(prompt)["change"]
+
+
 def rule_categories(sentence: str, prompt: str | None = None) -> list[str]:
     """Categories the rule layer finds in one sentence: ``dosage`` and ``decision_rule``, and the few shapes of
     ``diagnosis`` and ``prescription`` a rule can be sure of (a keyed diagnosis, "he is most likely having
@@ -969,7 +1003,7 @@ def rule_categories(sentence: str, prompt: str | None = None) -> list[str]:
         _keyed_diagnosis(sentence, prompt) or _PERSON_HAS.search(sentence) or _typical_of_theirs(sentence, prompt)
     )
     found = ["diagnosis"] if diagnosis else []
-    if _you_should_take(sentence):
+    if _you_should_take(sentence) or _approves_a_change(sentence, prompt):
         found.append("prescription")
     if _dosage_rule(sentence, prompt):
         found.append("dosage")
@@ -1147,7 +1181,12 @@ _PERSONAL_PROMPT = [
         r"\byour\s+(?:leg|arm|skin|eye|head|back|chest|child|son|daughter)\b|"
         # Case vignettes: "An overweight individual, with no other conditions, frequently complains of ...".
         r"\b(?:individual|someone|somebody|person|patient|client)\b[^.?!]{0,80}?\b(?:complain\w*|present\w*|"
-        r"report\w*|develop\w*|experienc\w*|suffer\w*|underwent|undergo\w*|collapsed|comes?\s+(?:in|to))\b"
+        r"report\w*|develop\w*|experienc\w*|suffer\w*|underwent|undergo\w*|collapsed|comes?\s+(?:in|to))\b|"
+        # case-note shorthand: "pt c/o polyuria", "pt w/ chest pain"
+        r"\bc/o\b|\bpts?\s+(?:w/|with|has|had|is|presents?|reports?)\b|"
+        # symptoms, then "what is it": "red eye, yellow gunk, crusted shut this morning. what is it"
+        r"\b(?:rash|spots?|lumps?|bumps?|pain|itch\w*|swollen|swelling|red|gunk|discharge|cough\w*|fever|sore|ache|"
+        r"bleeding|blisters?|crust\w*)\b[^?]{0,200}?\bwhat(?:'s|’s|\s+is)\s+(?:it|this|that)\b"
     ),
 ]
 _PERSONAL_REPLY = _rx(
