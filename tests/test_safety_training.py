@@ -181,12 +181,24 @@ class TestFitHead:
             d = saved["weights"].shape[1]
             assert saved["mlp_w1"].shape == (len(st.CATEGORIES), 384 + 6 + 384, 16)
             assert d == 384 + 6 + 2 * len(saved["vocabulary"])
+            # stored in float16, within float16 rounding of the fitted weights, and computed in float32
+            assert saved["mlp_w1"].dtype == np.float16
+            np.testing.assert_allclose(saved["mlp_w1"], head["mlp_w1"], rtol=1e-3, atol=1e-4)
+        from alpacare import safety
+
+        assert safety.load_head(path)["mlp_w1"].dtype == np.float32
+
+    def test_the_shipped_head_stays_small(self):
+        from alpacare import safety
+
+        assert safety.HEAD_PATH.stat().st_size < 2 * 1024 * 1024
 
     def test_checker_ensemble_matches_a_numpy_reference(self, fitted, monkeypatch):
         from alpacare import safety
 
-        examples, head, path = fitted
+        examples, _, path = fitted
         monkeypatch.setattr(safety, "HEAD_PATH", path)
+        head = safety.load_head(path)  # the arrays as saved (float16 MLP weights, read back as float32)
         texts = [e.text for e in examples[:40]]
         personal = [safety.personal_context(e.prompt, e.text) for e in examples[:40]]
         x = safety.features(texts, personal, head["vocabulary"])
