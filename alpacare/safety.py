@@ -125,7 +125,9 @@ def _alt(words: Iterable[str]) -> str:
 _UNITS = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen".split()
 _UNITS += "seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety hundred thousand".split()
 _WORD_ATOM = r"\b(?:half\s+(?:a|an)|a\s+half|a\s+quarter|half|quarter|dozen|" + _alt(_UNITS) + r")\b"
-WORD_NUMBER = rf"(?:{_WORD_ATOM}(?:(?:\s+|-)(?:and\s+)?{_WORD_ATOM})*)"
+# at most six words ("one thousand two hundred and fifty"): unbounded, a run of number words backtracked
+# quadratically (2,000 of them: 15 s in the rules)
+WORD_NUMBER = rf"(?:{_WORD_ATOM}(?:(?:\s+|-)(?:and\s+)?{_WORD_ATOM}){{0,5}})"
 _DIGITS = r"(?:\d+\s*/\s*\d+|\d*\.\d+|\d+(?:,\d{3})*(?:\.\d+)?|[½¼¾⅓⅔])"
 _ONE_NUMBER = rf"(?:{_DIGITS}|{WORD_NUMBER})"
 NUMBER = rf"(?:{_ONE_NUMBER}(?:\s*(?:-|–|—|to|or|and)\s*{_ONE_NUMBER})?)"

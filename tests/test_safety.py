@@ -1178,6 +1178,7 @@ class TestReviewOfTheSessionRules:
                 "My son (4) has itchy red rings on his arm. Ringworm? Yes or no.",
             ),
             ("The table " + "|" * 20000 + " ends here.", None),  # took 25 s with the first _ORDER_MEDICINE
+            (" ".join(["one two three four five"] * 400), None),  # took 15 s with unbounded spelled numbers
         ],
     )
     def test_no_rule_fires(self, text, prompt):
