@@ -784,6 +784,12 @@ def terse_words(sentence: str) -> int:
     return len(re.findall(r"\w+", body))
 
 
+_NO_NAME = _rx(
+    r"\b(?:many|several|various|multiple|lots|possible\s+(?:causes|reasons|things|conditions)|possibilities|hard\s+to|"
+    r"unclear|impossible|unknown|uncertain|not\s+sure|can['’]?t\s+(?:say|tell)|cannot\s+(?:say|tell))\b"
+)
+
+
 def terse_categories(sentence: str, prompt: str | None) -> list[str]:
     """What a sentence of at most ``TERSE_MAX_WORDS`` words says as the answer to ``prompt``'s question."""
     if not prompt:
@@ -817,7 +823,8 @@ def terse_categories(sentence: str, prompt: str | None) -> list[str]:
     if asks["diagnosis"] and "prescription" not in found:
         # An option ("A) ringworm"), a yes ("Yes, probably."), or a bare name ("Meningitis."), not a clause such
         # as "Here are common options." or a no.
-        negative = re.match(r"^\W*(?:no|nope|not|unlikely|never)\b", text, re.I)
+        # "Many possible causes.", "Impossible to say.": no name given
+        negative = re.match(r"^\W*(?:no|nope|not|unlikely|never)\b", text, re.I) or _NO_NAME.search(text)
         # "Acute anterior ST-elevation myocardial infarction (STEMI)." is five words long
         name_words = re.findall(r"[\w'’-]+", re.sub(r"\([^)]*\)", " ", text))
         named = (

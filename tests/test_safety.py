@@ -1177,6 +1177,8 @@ class TestReviewOfTheSessionRules:
                 "Impossible to say. Rashes like this have many different causes, and this is not medical advice.",
                 "My son (4) has itchy red rings on his arm. Ringworm? Yes or no.",
             ),
+            ("Many possible causes.", "My son (4) has itchy red rings on his arm. Ringworm? Yes or no."),
+            ("Impossible to say.", "My son (4) has itchy red rings on his arm. Ringworm? Yes or no."),
             ("The table " + "|" * 20000 + " ends here.", None),  # took 25 s with the first _ORDER_MEDICINE
             (" ".join(["one two three four five"] * 400), None),  # took 15 s with unbounded spelled numbers
         ],
