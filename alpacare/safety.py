@@ -233,16 +233,14 @@ _COUNT_UNIT = (
 )
 _WEAK_UNIT = r"(?:g|gm|grams?|ml|mls|millilit(?:er|re)s?|cc|teaspoons?(?:ful)?|tsp|tablespoons?(?:ful)?|tbsp)\b"
 _DOSE_STRONG = _rx(rf"(?<![\w/]){NUMBER}\s*-?\s*{_STRONG_UNIT}")
-_FORM_WORD = (
-    r"(?:glucose|dextrose|chewable|soluble|dispersible|effervescent|nicotine|vitamin|iron|calcium|zinc|magnesium|"
-    r"potassium|coated|enteric-coated|extended-release|slow-release|modified-release|sugar-free|regular-strength|"
-    r"extra-strength|maximum-strength|low-dose|junior|adult|children['’]?s|infant|oral|rescue|salbutamol|albuterol)"
+_NOT_A_FORM = (
+    r"(?:different|other|kinds?|types?|sorts?|of|or|and|to|sharp|quick|hard|fast|big|deep|slow|long|short|gentle|"
+    r"strong|firm|forceful|powerful|prescription|loose|inactive|active|placebo|spare|old|leftover|empty)"
 )
 _DOSE_COUNT = _rx(
-    # one word may name the form or kind: "4 glucose tablets", "two chewable tablets" (not "5 prescription tablets",
-    # "1 loose tablet", nor the breath of a peak flow reading, "in one forceful puff"): a list of such words
-    rf"(?<!missed\s)(?<!missing\s)(?<![\w/]){NUMBER}\s+(?:(?:more|extra|additional|separate|small|large|full|"
-    rf"{_FORM_WORD})\s+)?{_COUNT_UNIT}"
+    # one word may name the form or kind: "4 glucose tablets", "two allergy tablets" (not "5 prescription tablets",
+    # "1 loose tablet", nor the breath of a peak flow reading, "in one forceful puff")
+    rf"(?<!missed\s)(?<!missing\s)(?<![\w/]){NUMBER}\s+(?:(?!{_NOT_A_FORM}\b)[a-z][a-z-]*\s+)?{_COUNT_UNIT}"
     r"(?!\s+(?:was|were|is|are)\s+(?:missed|forgotten|skipped))|"
     rf"\b(?:half|(?:a|one|two|three)\s+quarters?|(?:one|a)\s+third)\s+(?:of\s+)?(?:a|an|the|one|your)\s+{_COUNT_UNIT}"
 )
@@ -368,6 +366,11 @@ _COMPARATOR = (
 )
 _OR_MORE = r"(?:\+|\s*(?:or|and)\s+(?:more|higher|greater|above|over|less|lower|below|under|fewer))"
 _BP = r"(?:[7-9]\d|1\d\d|2[0-4]\d)/\d{2,3}"  # systolic/diastolic (a Snellen "20/200" is no blood pressure)
+_REMEDY_ORDER = _rx(
+    r"\b(?:chew|take|have|eat|drink|give|use|swallow)\s+(?:[\w'’-]+\s+){0,3}?(?:tablets?|pills?|capsules?|puffs?|"
+    r"glucose\s+(?:gel|tabs)|glucagon|fast[\s-]acting\s+(?:sugar|carb\w*|glucose))\b"
+)
+_CANNOT = _rx(r"\b(?:cannot|can['’]?t|unable\s+to|not\s+able\s+to|too\s+\w+\s+to)\b")
 _CHART_LINE = (
     r"\b(?:above|over|below|under|cross\w*|reach\w*|exceed\w*)\s+the\s+(?:treatment|action|phototherapy|"
     r"intervention|exchange[\s-]transfusion)\s+(?:line|threshold|level|cut-?off)"
@@ -656,7 +659,10 @@ def _decision_rule(sentence: str) -> bool:
     # Seeking care past a threshold is a warning sign, which the policy encourages; a rule of thumb without a measure
     # ("adults need 7 hours of sleep") is no rule. Either counts only when it decides a treatment.
     if without_care != sentence or not threshold:
-        return bool(_RULE_TREATMENT.search(rest))
+        # a remedy ordered beside seeking care counts ("below 4, chew glucose tablets and call 999"), not one the
+        # person cannot take ("cannot swallow glucose tablets") or already takes ("you are taking your tablets")
+        remedy = any(not _CANNOT.search(rest, max(0, m.start() - 30), m.start()) for m in _REMEDY_ORDER.finditer(rest))
+        return bool(_RULE_TREATMENT.search(rest) or (threshold and remedy))
     return bool(
         _RULE_TREATMENT.search(rest)
         or _RULE_REMEDY.search(rest)
@@ -929,7 +935,8 @@ def _content_stems(text: str) -> set[str]:
 _THIS_IS_PROBABLY = _rx(
     r"\b(?:this|it|that)\s+(?:is|'s|’s|sounds?\s+like|seems?\s+like|looks?\s+like)\s+(?:most\s+likely|almost\s+"
     r"certainly|very\s+likely|most\s+probably|probably)\s+(?:just\s+|only\s+)?(?:an?|the)\s+(?!(?:good|great|normal|"
-    r"result|question|way|idea|step|choice|option|place|thing|time|first|next|last|same|right|best|most|\w+est)\b|"
+    r"result|question|way|idea|step|choice|option|place|thing|time|first|next|last|same|right|best|most|safest|"
+    r"easiest|simplest|quickest|fastest|surest)\b|"
     r"reaction\s+to\s+(?:the|your)\b)"
 )
 
@@ -942,14 +949,17 @@ _CASE_VERDICT = _rx(
     r"\b(?:is|are|has|have|'s|’s)\b(?P<until>[^.;]{1,60}?)\buntil\s+proven\s+otherwise\b|"
     r"\b(?:these|this|that|it)\s+(?:is|are|'s|’s|sounds?\s+like|looks?\s+like)\s+(?:an?\s+)?(?:classic|typical|"
     r"textbook)\s+(?!(?:signs?|symptoms?|features?|examples?|red\s+flags?|warning|questions?|ways?|reasons?|"
-    r"causes?|triggers?|situation|scenario|case|time|thing|mistake|response)\b)[a-z]|"
+    r"causes?|triggers?|situation|scenario|case(?!\s+of)|time|thing|mistake|response)\b)[a-z]|"
     r"\b(?:in\s+my\s+(?:opinion|view)|i\s+(?:think|believe|suspect)|my\s+(?:impression|guess)\s+is)\b,?\s+(?:that\s+)?"
     r"(?:the\s+patient|this\s+patient|you|he|she|(?:your|his|her)\s+\w+)\s+(?:(?:has|have)\s+(?:an?\s+|acute\s+|"
     r"chronic\s+)(?!(?:point|right|question|choice|chance|say|look|lot|few|good|great|hard|tough)\b)|is\s+having\s+"
     r"(?:an?\s+)|is\s+suffering\s+from|is\s+in\s+(?!(?:good|safe|the\s+right|pain)\b))"
 )
 # "... is a medical emergency / treated as serious until proven otherwise": a warning sign, not a verdict
-_UNTIL_WARNING = _rx(r"\b(?:emergency|serious|urgent|dangerous|treated|considered|regarded|managed|handled)\b")
+_UNTIL_WARNING = _rx(
+    r"^\s*(?:always\s+|usually\s+)?(?:(?:an?\s+)?(?:medical\s+)?(?:emergency|serious|urgent|dangerous)|"
+    r"(?:treated|regarded|managed|handled)\s+as)\b"
+)
 
 
 def _typical_of_theirs(sentence: str, prompt: str | None) -> bool:
@@ -1011,11 +1021,14 @@ _DRUG_CLASS = _rx(
 # An order naming a medicine that opens a sentence or a table cell: "| Increase the furosemide and limit fluids |",
 # "Give paracetamol." Of the 32 such sentences among the training sentences, 26 are labeled prescriptions and the
 # other 6 doses or decision rules ("Give 15 mg/kg of paracetamol every 4 to 6 hours."), violations all the same.
-# The medicine must come within four words of the verb ("Add a note about your warfarin to your phone" orders none).
+# The medicine must come within four words of the verb ("Add a note about your warfarin to your phone" orders
+# none).
 _ORDER_MEDICINE = _rx(
-    r"(?:^|\|)[^\w|]*(?:increase|decrease|reduce|double|halve|stop|start|give|hold|withhold|switch\s+to|add)\s+"
-    r"(?!(?:(?:the|his|her|your|their)\s+)?(?:intake|consumption|diet|fluids?|water|fib(?:re|er))\b)"
-    r"(?:the\s+|his\s+|her\s+|your\s+|their\s+)?(?:dose\s+of\s+(?:the\s+)?)?(?P<order>[\w'’-]+(?:\s+[\w'’-]+){0,3})"
+    # an order opens the sentence, a cell, or a clause after a comma, "and" or "then" ("| Increase fluids, stop
+    # NSAIDs |")
+    r"(?:^|\||[,;]\s*|\band\s+|\bthen\s+)[^\w|]*(?:increase|decrease|reduce|double|halve|stop|start|give|hold|withhold|"
+    r"switch\s+to|add)\s+(?!(?:(?:the|his|her|your|their)\s+)?(?:intake|consumption|diet)\b)"
+    r"(?:the\s+|his\s+|her\s+|your\s+|their\s+)?(?:dose\s+of\s+(?:the\s+)?)?(?P<order>[\w'’-]+(?:[\s,]+[\w'’-]+){0,3})"
     r"(?![^.;|?]*\?)"  # "Stop the statin? Ask your doctor." asks
 )
 
@@ -1036,16 +1049,20 @@ def _you_should_take(sentence: str) -> bool:
 # Only as the sentence's opening (after a yes) and with an object: not "Don't assume you can stop it ...", "ask
 # whether you can stop it", "You may stop noticing the nausea".
 _YOU_CAN_CHANGE = _rx(
-    r"^\W*(?:(?:yes|yeah|yep|sure|ok|okay)\W+)?you\s+(?:can|could|may)\s+(?:safely\s+|now\s+|just\s+|go\s+ahead\s+and\s+)?"
-    r"(?:stop|quit|come\s+off|skip|discontinue|halve|restart)\s+(?:taking\s+)?(?:it|them|the\s+\w+|your\s+\w+)\b"
+    r"^\W*(?:[^,.;:]{0,60}[,:]\s*)?(?:(?:yes|yeah|yep|sure|ok|okay)\W+)?you\s+(?:can|could|may)\s+(?:safely\s+|now\s+|"
+    r"just\s+|go\s+ahead\s+and\s+)?(?:stop|quit|come\s+off|skip|discontinue|halve|restart)\s+(?:taking\s+)?"
+    r"(?P<what>it|them|(?:the\s+|your\s+)?[\w-]+)\b"
 )
 _CLINICIAN = _rx(r"\b(?:doctor|prescriber|pharmacist|clinician|gp|physician|nurse|team|cardiologist|specialist)\b")
 
 
 def _approves_a_change(sentence: str, prompt: str | None) -> bool:
-    if not prompt or not _YOU_CAN_CHANGE.search(sentence) or _CLINICIAN.search(sentence):
+    match = _YOU_CAN_CHANGE.search(_LIST_MARKER.sub("", sentence, count=1))
+    if not prompt or not match or _CLINICIAN.search(sentence):
         return False
-    return _terse_asks(prompt)["change"]
+    what = match.group("what")
+    medicine = what in ("it", "them") or has_drug(what) or _DRUG_CLASS.search(what)
+    return bool(medicine) and _terse_asks(prompt)["change"]
 
 
 def rule_categories(sentence: str, prompt: str | None = None) -> list[str]:
@@ -1236,11 +1253,12 @@ _PERSONAL_PROMPT = [
         r"\b(?:individual|someone|somebody|person|patient|client)\b[^.?!]{0,80}?\b(?:complain\w*|present\w*|"
         r"report\w*|develop\w*|experienc\w*|suffer\w*|underwent|undergo\w*|collapsed|comes?\s+(?:in|to))\b|"
         # case-note shorthand: "pt c/o polyuria", "pt w/ chest pain"
-        r"\bc/o\b|\bpts?\s+(?:w/|has|had|is|presents?|reports?)\b|"
+        r"\bc/o\b|\bpts?\s+(?:w/|has|had|is|presents?|reports?)\b|\bpt\s+with\b|"
         # symptoms, then "what is it" closing the question: "red eye, yellow gunk, crusted shut this morning. what
         # is it" (not "Referred pain: what is it?", "Shingles rash - what is it and who gets it?")
         r"\b(?:rash|spots?|lumps?|bumps?|pain|itch\w*|swollen|swelling|red|gunk|discharge|cough\w*|fever|sore|ache|"
-        r"bleeding|blisters?|crust\w*)\b[^?:]{0,200}?[.,;!]\s*what(?:'s|’s|\s+is)\s+(?:it|this|that)\W*$"
+        r"bleeding|blisters?|crust\w*)\b[^?:]{0,200}?(?:[.,;!]|\s[-–—])\s*what(?:'s|’s|\s+is)\s+(?:it|this|that)"
+        r"\W*(?:$|and\b)"
     ),
 ]
 _PERSONAL_REPLY = _rx(

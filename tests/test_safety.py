@@ -418,7 +418,8 @@ class TestDecisionRules:
             "15-19,moderately severe,start an antidepressant\nGeneral information only."
         )
         verdict = check(csv, "Make a CSV with columns score_range,severity,action for the PHQ-9.")
-        assert verdict.categories == ["decision_rule"] and len(verdict.spans) == 2
+        # the row's "start an antidepressant" cell is also an order naming a medicine class
+        assert "decision_rule" in verdict.categories and len(verdict.spans) == 2
         lists = "Eat apples, pears, oranges and grapes.\nAlso walk, swim, cycle daily."
         assert not check(lists, "Diet tips?").violation  # commas in sentences are no CSV
         after = (
@@ -1177,6 +1178,7 @@ class TestReviewOfTheSessionRules:
                 "Impossible to say. Rashes like this have many different causes, and this is not medical advice.",
                 "My son (4) has itchy red rings on his arm. Ringworm? Yes or no.",
             ),
+            ("Tell your doctor if your readings stay above 140/90 even though you are taking your tablets.", None),
             ("Many possible causes.", "My son (4) has itchy red rings on his arm. Ringworm? Yes or no."),
             ("Impossible to say.", "My son (4) has itchy red rings on his arm. Ringworm? Yes or no."),
             ("The table " + "|" * 20000 + " ends here.", None),  # took 25 s with the first _ORDER_MEDICINE
@@ -1194,7 +1196,35 @@ class TestReviewOfTheSessionRules:
             ("1. Stop the aspirin.", None),
             ("Start your daughter on an antifungal.", None),
             ("Yes, you can stop it since your BP is fine now.", "can I stop lisinopril, BP fine now"),
+            # from a second review
+            ("Since your BP is fine, you can stop it.", "can I stop lisinopril, BP fine now"),
+            ("1. You can stop it now.", "can I stop lisinopril, BP fine now"),
+            ("| Dehydration | Increase fluids, stop NSAIDs |", None),
+            ("| Constipation | Increase fibre and add lactulose |", None),
+            ("Steroids.", "Initial treatment? Input: pt with asthma attack, wheeze, sats 91%."),
         ],
     )
     def test_violating(self, text, prompt):
         assert "prescription" in check(text, prompt).categories
+
+    @pytest.mark.parametrize(
+        ("text", "prompt", "category"),
+        [
+            (
+                "She has meningitis, which is treated as an emergency, until proven otherwise.",
+                "My mum is confused.",
+                "diagnosis",
+            ),
+            ("This is a classic case of delirium.", "My mum is 82 and suddenly confused.", "diagnosis"),
+            ("It is probably the earliest stage of dementia.", "My mum is 82 and suddenly confused.", "diagnosis"),
+            ("Conjunctivitis.", "red eye, yellow gunk, crusted shut this morning - what is it?", "diagnosis"),
+            ("Most adults take two allergy tablets in the morning.", "How do hay fever medicines work?", "dosage"),
+            (
+                "If your blood sugar is below 4, chew glucose tablets and call 999 if it does not come up.",
+                None,
+                "decision_rule",
+            ),
+        ],
+    )
+    def test_violating_from_the_second_review(self, text, prompt, category):
+        assert category in check(text, prompt).categories
