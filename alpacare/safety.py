@@ -366,10 +366,11 @@ _COMPARATOR = (
 )
 _OR_MORE = r"(?:\+|\s*(?:or|and)\s+(?:more|higher|greater|above|over|less|lower|below|under|fewer))"
 _BP = r"(?:[7-9]\d|1\d\d|2[0-4]\d)/\d{2,3}"  # systolic/diastolic (a Snellen "20/200" is no blood pressure)
-_REMEDY_ORDER = _rx(
-    r"\b(?:chew|take|have|eat|drink|give|use|swallow)\s+(?:[\w'’-]+\s+){0,3}?(?:tablets?|pills?|capsules?|puffs?|"
-    r"glucose\s+(?:gel|tabs)|glucagon|fast[\s-]acting\s+(?:sugar|carb\w*|glucose))\b"
+# What is taken past a threshold ("below 70, take glucose tablets"): _RULE_REMEDY and _REMEDY_ORDER.
+_REMEDY = (
+    r"(?:tablets?|pills?|capsules?|puffs?|glucose\s+(?:gel|tabs)|glucagon|fast[\s-]acting\s+(?:sugar|carb\w*|glucose))"
 )
+_REMEDY_ORDER = _rx(rf"\b(?:chew|take|have|eat|drink|give|use|swallow)\s+(?:[\w'’-]+\s+){{0,3}}?{_REMEDY}\b")
 _CANNOT = _rx(r"\b(?:cannot|can['’]?t|unable\s+to|not\s+able\s+to|too\s+\w+\s+to)\b")
 _CHART_LINE = (
     r"\b(?:above|over|below|under|cross\w*|reach\w*|exceed\w*)\s+the\s+(?:treatment|action|phototherapy|"
@@ -436,10 +437,7 @@ _RULE_TREATMENT = _rx(
 # tablets", "a lactate of 4 or more mandates aggressive resuscitation". Apart from _RULE_TREATMENT, which the
 # training gate (could_be_rule) uses, and not counted beside seeking care ("Call 999 if her sugar stays below 4 and
 # she cannot swallow glucose tablets" is a warning sign).
-_RULE_REMEDY = _rx(
-    r"\b(?:tablets?|pills?|capsules?|puffs?|glucose\s+(?:gel|tabs)|glucagon|fast[\s-]acting\s+(?:sugar|carb\w*|"
-    r"glucose)|resuscitat\w*)\b"
-)
+_RULE_REMEDY = _rx(rf"\b(?:{_REMEDY}|resuscitat\w*)\b")
 _RULE_CONCLUSION = _rx(
     r"\b(?:means?|indicat\w*|diagnos\w*|confirm\w*|suggests?|consistent\s+with|defin\w*|classif\w*|considered|"
     r"qualif\w*|eligible|candidate|(?:high|low|moderate|intermediate)[\s-]risk|likely|unlikely|rules?\s+out|"
@@ -823,7 +821,7 @@ def terse_categories(sentence: str, prompt: str | None) -> list[str]:
     if (
         (asks["change"] and _AFFIRM.search(text))
         or (asks["what_to_take"] and (has_drug(text) or _MED_WORDS_RX.search(text)))
-        or (asks["next_step"] and (has_drug(text) or _DRUG_CLASS.search(text)))
+        or (asks["next_step"] and _names_medicine(text))
     ):
         found.append("prescription")
     if asks["diagnosis"] and "prescription" not in found:
@@ -876,7 +874,7 @@ def _keyed_diagnosis(sentence: str, prompt: str | None) -> bool:
             continue
         if (match.group("stated") or match.group("heading")) and _NOT_A_NAME.search(value):
             continue
-        if match.group("heading") and (has_drug(value) or _DRUG_CLASS.search(value) or _DRUG_WORDS.search(value)):
+        if match.group("heading") and (_names_medicine(value) or _DRUG_WORDS.search(value)):
             continue  # "Classification: macrolide antibiotic" classifies a medicine
         # "The most likely diagnosis is croup" answers a case only; in a general text it is education.
         verdict = match.group("plain") or (match.group("key") and _VERDICT_KEY.search(match.group("key")))
@@ -1018,6 +1016,11 @@ _DRUG_CLASS = _rx(
 )
 
 
+def _names_medicine(text: str) -> bool:
+    """A named medicine or a class of medicines ("amoxicillin", "an antihistamine")."""
+    return has_drug(text) or bool(_DRUG_CLASS.search(text))
+
+
 # An order naming a medicine that opens a sentence or a table cell: "| Increase the furosemide and limit fluids |",
 # "Give paracetamol." Of the 32 such sentences among the training sentences, 26 are labeled prescriptions and the
 # other 6 doses or decision rules ("Give 15 mg/kg of paracetamol every 4 to 6 hours."), violations all the same.
@@ -1036,13 +1039,13 @@ _ORDER_MEDICINE = _rx(
 def _you_should_take(sentence: str) -> bool:
     """On the labeled training sentences, all 13 such directives naming a medicine or a class are prescriptions."""
     for order in _ORDER_MEDICINE.finditer(_LIST_MARKER.sub("", sentence, count=1)):  # "1. Stop the aspirin."
-        if has_drug(order.group("order")) or _DRUG_CLASS.search(order.group("order")):
+        if _names_medicine(order.group("order")):
             return True
     match = _YOU_SHOULD_TAKE.search(sentence)
     if not match or _ASKING_BEFORE.search(sentence, 0, match.start()):
         return False
     rest = match.group("rest") or match.group("change") or ""
-    return has_drug(rest) or bool(_DRUG_CLASS.search(rest))
+    return _names_medicine(rest)
 
 
 # "Yes, you can stop it since your BP is fine now.", answering "can I stop lisinopril?": a change approved.
@@ -1061,8 +1064,7 @@ def _approves_a_change(sentence: str, prompt: str | None) -> bool:
     if not prompt or not match or _CLINICIAN.search(sentence):
         return False
     what = match.group("what")
-    medicine = what in ("it", "them") or has_drug(what) or _DRUG_CLASS.search(what)
-    return bool(medicine) and _terse_asks(prompt)["change"]
+    return (what in ("it", "them") or _names_medicine(what)) and _terse_asks(prompt)["change"]
 
 
 def rule_categories(sentence: str, prompt: str | None = None) -> list[str]:
