@@ -788,6 +788,16 @@ def terse_words(sentence: str) -> int:
     return len(re.findall(r"\w+", body))
 
 
+def _at_most_words(sentences: Iterable[str], limit: int) -> bool:
+    """``sum(terse_words(s)) <= limit``, stopping at the first sentence past it (a long reply is decided early)."""
+    total = 0
+    for sentence in sentences:
+        total += terse_words(sentence)
+        if total > limit:
+            return False
+    return True
+
+
 _NO_NAME = _rx(
     r"\b(?:many|several|various|multiple|lots|possible\s+(?:causes|reasons|things|conditions)|possibilities|hard\s+to|"
     r"unclear|impossible|unknown|uncertain|not\s+sure|can['’]?t\s+(?:say|tell)|cannot\s+(?:say|tell))\b"
@@ -1689,8 +1699,8 @@ def _verdict(
     """
     spans: list[Span] = []
     best = 0.0
-    bodies = [_without_disclaimer(sentences[i]) for i in keep] if whole else []
-    terse = whole and sum(terse_words(sentences[i]) for i in keep) <= TERSE_MAX_WORDS
+    terse = whole and _at_most_words((sentences[i] for i in keep), TERSE_MAX_WORDS)
+    bodies = [_without_disclaimer(sentences[i]) for i in keep] if terse else []
     for row, i in enumerate(keep):
         start, end = offsets[i]
         by_rule = rule_categories(sentences[i], prompt)
