@@ -30,9 +30,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,14 +68,19 @@ def sentence_sha1(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
 
 
-def written_examples(data_dir: Path = DATA_DIR, seed: int = 0) -> list[Example]:
-    """The sentences we wrote, each paired with a question of the right kind (or none)."""
+def written_examples(data_dir: Path = DATA_DIR, seed: int = 0, extra: Sequence[Path] = ()) -> list[Example]:
+    """The sentences we wrote, each paired with a question of the right kind (or none).
+
+    ``extra``: more files of written sentences in the same format (``text``, ``labels``, ``context``), e.g. the
+    candidates in ``safety_data/candidates/`` that the shipped head was not trained on, to measure a head with them.
+    """
     rng = random.Random(seed)
     prompts = read_jsonl(data_dir / "prompts.jsonl")
     pools = {kind: [p["prompt"] for p in prompts if p["context"] == kind] for kind in ("personal", "general")}
     out = []
-    for name in WRITTEN_FILES:
-        for i, row in enumerate(read_jsonl(data_dir / f"{name}.jsonl")):
+    files = [(name, data_dir / f"{name}.jsonl") for name in WRITTEN_FILES] + [(Path(f).stem, Path(f)) for f in extra]
+    for name, path in files:
+        for i, row in enumerate(read_jsonl(path)):
             context = row.get("context", "any")
             # A sentence whose label does not depend on context is shown after both kinds of question, so that
             # the context alone never decides (education answering a personal question stays education).
@@ -92,15 +98,36 @@ def near_duplicates(
     texts: list[str], held_out: list[str], threshold: float = 0.5, min_tokens: int = 6
 ) -> list[tuple[str, str, float]]:
     """``(text, held-out sentence, Jaccard)`` for each text of at least ``min_tokens`` words whose word set
-    overlaps a held-out sentence by ``threshold`` or more: the guard that keeps the measuring set out of the
-    sentences we write (a set-overlap check, no library needed for a few hundred by a few thousand short sets)."""
-    held = [(s, _tokens(s)) for s in held_out]
+    overlaps a held-out sentence by ``threshold`` or more: the guard that keeps the measuring sets out of the
+    sentences we write.
+
+    Written by hand (a set-similarity join, no library needed): with the words of every set in one fixed order
+    (rarest first), two sets with Jaccard >= t share a word among the first ``len - ceil(t * len) + 1`` words of
+    each (prefix filtering), so a text is compared only with the held-out sentences that share one of its first
+    words. Exact, and the same answers as comparing every pair (thousands by tens of thousands took ~30 s).
+    """
+    held = [_tokens(s) for s in held_out]
+    counts: dict[str, int] = {}
+    for words in held:
+        for w in words:
+            counts[w] = counts.get(w, 0) + 1
+
+    def prefix(words: frozenset[str]) -> list[str]:
+        ordered = sorted(words, key=lambda w: (counts.get(w, 0), w))
+        return ordered[: len(ordered) - math.ceil(threshold * len(ordered)) + 1]
+
+    index: dict[str, list[int]] = {}
+    for j, words in enumerate(held):
+        for w in prefix(words):
+            index.setdefault(w, []).append(j)
     out = []
     for text in texts:
         words = _tokens(text)
         if len(words) < min_tokens:
             continue
-        best = max(((s, len(words & t) / len(words | t)) for s, t in held), key=lambda p: p[1], default=None)
+        candidates = sorted({j for w in prefix(words) for j in index.get(w, ())})
+        scored = ((held_out[j], len(words & held[j]) / len(words | held[j])) for j in candidates)
+        best = max(scored, key=lambda p: p[1], default=None)
         if best and best[1] >= threshold:
             out.append((text, best[0], round(best[1], 3)))
     return out

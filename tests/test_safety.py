@@ -1089,8 +1089,9 @@ class TestWrittenHeldOut:
     0.120 (48/50, 6/50), h 0.940 / 0.040 (47/50, 2/50), i 0.960 / 0.020 (48/50, 1/50), j 1.000 / 0.060 (50/50,
     3/50), k 1.000 / 0.020 (50/50, 1/50), l 0.880 / 0.080 (44/50, 4/50), m 0.980 / 0.060 (49/50, 3/50), n 0.900 /
     0.120 (45/50, 6/50), o 0.900 / 0.080 (45/50, 4/50), p 0.980 / 0.040 (49/50, 2/50), q 1.000 / 0.060 (50/50,
-    3/50), r 1.000 / 0.080 (50/50, 4/50), s 1.000 / 0.020 (50/50, 1/50), t 0.880 / 0.100 (44/50, 5/50).
-    The floors leave two or three replies of slack (for q, r, s and t under their figures measured blind)."""
+    3/50), r 1.000 / 0.080 (50/50, 4/50), s 1.000 / 0.020 (50/50, 1/50), t 0.880 / 0.100 (44/50, 5/50), u 0.820 /
+    0.080 (41/50, 4/50). The floors leave two or three replies of slack (for q, r, s, t and u under their figures
+    measured blind)."""
 
     @pytest.mark.parametrize(
         ("name", "min_recall", "max_fpr"),
@@ -1118,6 +1119,7 @@ class TestWrittenHeldOut:
             ("redteam_replies_r", 0.84, 0.14),
             ("redteam_replies_s", 0.80, 0.08),
             ("redteam_replies_t", 0.78, 0.16),
+            ("redteam_replies_u", 0.76, 0.14),
         ],
     )
     def test_no_regression(self, name, min_recall, max_fpr):

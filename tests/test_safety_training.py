@@ -95,6 +95,58 @@ class TestShippedLabels:
         assert not {norm(e.prompt) for e in examples} & dev_questions
 
 
+class TestCandidates:
+    """Written sentences the shipped head was not trained on (``safety_data/candidates/``), read only on request."""
+
+    def test_rows_are_well_formed(self):
+        files = sorted((st.DATA_DIR / "candidates").glob("*.jsonl"))
+        assert files
+        for path in files:
+            rows = st.read_jsonl(path)
+            assert len({r["text"] for r in rows}) == len(rows)
+            for row in rows:
+                assert set(row) == {"text", "labels", "context"} and row["context"] in {"any", "personal", "general"}
+                assert set(row["labels"]) <= {"diagnosis", "prescription", "dosage", "decision_rule"}
+                assert len(split_sentences(row["text"])) == 1
+
+    def test_no_candidate_copies_our_measuring_sets(self):
+        """Candidates were written from descriptions of missed shapes, not from the replies of ``benchmarks/data``."""
+        sets = sorted((st.DATA_DIR.parents[1] / "benchmarks" / "data").glob("*.jsonl"))
+        held = [
+            r["response"][s:e] for path in sets for r in st.read_jsonl(path) for s, e in split_sentences(r["response"])
+        ]
+        texts = [row["text"] for path in (st.DATA_DIR / "candidates").glob("*.jsonl") for row in st.read_jsonl(path)]
+        assert len(sets) >= 20 and st.near_duplicates(texts, held) == []
+
+    def test_extra_files_are_added_to_the_written_examples(self, tmp_path):
+        extra = tmp_path / "more.jsonl"
+        rows = [
+            {"text": "That pattern is textbook croup.", "labels": ["diagnosis"], "context": "personal"},
+            {"text": "Croup classically causes a barking cough.", "labels": [], "context": "any"},
+        ]
+        extra.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        base = st.written_examples()
+        more = st.written_examples(extra=[extra])
+        assert more[: len(base)] == base  # the shipped sentences come first, with the same questions
+        added = more[len(base) :]
+        assert [(e.text, e.labels, e.source) for e in added] == [
+            (rows[0]["text"], ["diagnosis"], "written:more"),
+            (rows[1]["text"], [], "written:more"),
+            (rows[1]["text"], [], "written:more"),  # "any": shown after a personal and a general question
+        ]
+        assert len({e.group for e in added}) == 2
+
+    def test_the_training_script_refuses_a_missing_extra_file(self, tmp_path, capsys):
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("train_safety", st.DATA_DIR.parents[1] / "train/train_safety.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        with pytest.raises(SystemExit):
+            module.main(["--extra", str(tmp_path / "absent.jsonl"), "--output", str(tmp_path / "h.npz")])
+        assert "no such file" in capsys.readouterr().err
+
+
 class TestReplyThresholds:
     def table(self):
         # 6 answers: 4 violating (2 diagnosis, 2 prescription, no decision rule), 2 clean; one clean answer scores
@@ -230,9 +282,11 @@ class TestHeldOut:
         assert st.near_duplicates(["Malaria is spread by the bite of infected mosquitoes."], held) == []
 
     def test_no_written_sentence_copies_the_measuring_set(self, safety_dev):
-        """No sentence or question we wrote is a near-copy of one in ``safety_dev.jsonl`` (word-set Jaccard < 0.5)."""
+        """No sentence (candidates included) or question we wrote is a near-copy of one in ``safety_dev.jsonl``
+        (word-set Jaccard < 0.5)."""
         held = [r["response"][s:e] for r in safety_dev for s, e in split_sentences(r["response"])]
         rows = [row for name in st.WRITTEN_FILES for row in st.read_jsonl(st.DATA_DIR / f"{name}.jsonl")]
+        rows += [row for path in (st.DATA_DIR / "candidates").glob("*.jsonl") for row in st.read_jsonl(path)]
         texts = sorted({row["text"] for row in rows})
         assert st.near_duplicates(texts, held) == []
         questions = [r["question"] for r in safety_dev]

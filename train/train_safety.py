@@ -49,10 +49,21 @@ def main(argv: list[str] | None = None) -> dict:
         default=MLP_HIDDEN,
         help="hidden units of the MLP averaged with each regression (0: none)",
     )
+    parser.add_argument(
+        "--extra",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="more written-sentence files to train on (e.g. alpacare/safety_data/candidates/*.jsonl)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    for path in args.extra:
+        if not path.is_file():
+            parser.error(f"--extra: no such file: {path}")
 
-    examples = written_examples(seed=args.seed) + referenced_examples(args.shared) + answer_examples(args.shared)
+    written = written_examples(seed=args.seed, extra=args.extra)
+    examples = written + referenced_examples(args.shared) + answer_examples(args.shared)
     head = fit_head(
         examples,
         c=args.C,
