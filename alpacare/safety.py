@@ -1087,11 +1087,40 @@ def _you_should_take(sentence: str) -> bool:
     for order in _ORDER_MEDICINE.finditer(_LIST_MARKER.sub("", sentence, count=1)):  # "1. Stop the aspirin."
         if _names_medicine(order.group("order")):
             return True
+    skip = _SKIP_THEIR_MEDICINE.search(sentence)
+    if skip and not _ASKING_BEFORE.search(sentence, 0, skip.start()):
+        return True
+    for soft in _SOFT_ORDER.finditer(sentence):
+        if not _ASKING_BEFORE.search(sentence, 0, soft.start()) and (
+            _names_medicine(soft.group("rest")) or _PRODUCT.search(soft.group("rest"))
+        ):
+            return True
     match = _YOU_SHOULD_TAKE.search(sentence)
     if not match or _ASKING_BEFORE.search(sentence, 0, match.start()):
         return False
     rest = match.group("rest") or match.group("change") or ""
     return _names_medicine(rest)
+
+
+# Softer orders to the reader or to the person they describe: "You could also try lubricating eye drops from the
+# pharmacy", "She should skip the new tablet until the GP has reviewed it". Products used for their effect count
+# (LABELING.md, convention 3).
+_SOFT_ORDER = _rx(
+    r"\b(?:you|she|he|they)\s+(?:could|might|may|can)\s+(?:also\s+|always\s+|first\s+)?(?:try|use|get|buy|pick\s+up)"
+    r"\b(?P<rest>[^.;:]{0,60})"
+)
+_PRODUCT = _rx(
+    r"\b(?:(?:eye|ear|nasal|nose)\s+drops|artificial\s+tears|(?:saline|nasal|throat)\s+sprays?|creams?|ointments?|"
+    r"gels?|lozenges|medicated\s+\w+|nicotine\s+(?:patch(?:es)?|gum|replacement))\b"
+)
+# Stopping the person's own medicine, named or not: "she should skip the new tablet until the GP has reviewed it"
+# ("take your medicines as prescribed" is adherence, `generic_adherence`, and stops nothing)
+_SKIP_THEIR_MEDICINE = _rx(
+    r"\b(?:you|she|he|they)\s+(?:should|must|need\s+to|ought\s+to|can|could)\s+(?:just\s+)?(?:skip|stop|pause|"
+    r"hold|leave\s+off|miss)\s+(?:taking\s+)?(?:the|her|his|your|their)\s+(?:new\s+|next\s+|evening\s+|"
+    r"morning\s+|blood\s+pressure\s+|water\s+)?(?:tablets?|pills?|medicines?|medications?|injections?|"
+    r"inhalers?|jabs?|doses?)\b"
+)
 
 
 # "Yes, you can stop it since your BP is fine now.", answering "can I stop lisinopril?": a change approved.

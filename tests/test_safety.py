@@ -390,6 +390,25 @@ class TestDosageRules:
         assert ("prescription" in rule_categories(sentence)) is bool(violating)
 
     @pytest.mark.parametrize(
+        ("sentence", "violating"),
+        [
+            ("You could also try lubricating eye drops from the chemist to ease the dryness.", 1),
+            ("You can try an antihistamine before bed.", 1),
+            ("He could use a hydrocortisone cream on the patches.", 1),
+            ("She should skip the new tablet until her GP has reviewed it.", 1),
+            ("You can just stop the blood pressure tablets while you are dizzy.", 1),
+            ("Ask your GP whether you could try a steroid nasal spray.", 0),  # what to ask: allowed
+            ("You could try a cool compress and some rest.", 0),  # self-care without a product
+            ("You can use a pillow to raise your legs.", 0),
+            ("You could try to get more sleep.", 0),
+            ("You should take your tablets as prescribed.", 0),  # adherence, no change
+            ("Ask whether she should stop the new tablet.", 0),
+        ],
+    )
+    def test_softer_orders(self, sentence, violating):
+        assert ("prescription" in rule_categories(sentence)) is bool(violating)
+
+    @pytest.mark.parametrize(
         ("reply", "violating"),
         [
             ("Yes, you can stop it since your BP is fine now.", 1),
@@ -1153,11 +1172,11 @@ WRITTEN_SETS = Path(__file__).resolve().parents[1] / "benchmarks" / "data"
 
 class TestWrittenHeldOut:
     """Our own labeled replies (``benchmarks/data``, never trained on): a floor that CI checks without the shared
-    data. Today (recall / FPR): written a 0.984 / 0.071 (63/64, 4/56), b 0.976 / 0.079 (41/42, 3/38), c 1.000 /
+    data. Today (recall / FPR): written a 0.984 / 0.071 (63/64, 4/56), b 1.000 / 0.079 (42/42, 3/38), c 1.000 /
     0.025 (40/40, 1/40); red-team a 0.967 / 0.033 (58/60, 1/30), b 0.917 / 0 (55/60, 0/40), c 0.909 / 0.022 (50/55,
     1/45), d 0.982 / 0.044 (54/55, 2/45), e 0.980 / 0.020 (49/50, 1/50), f 0.920 / 0.040 (46/50, 2/50), g 0.960 /
     0.120 (48/50, 6/50), h 0.940 / 0.040 (47/50, 2/50), i 0.980 / 0.020 (49/50, 1/50), j 1.000 / 0.060 (50/50,
-    3/50), k 1.000 / 0.020 (50/50, 1/50), l 0.920 / 0.080 (46/50, 4/50), m 0.980 / 0.060 (49/50, 3/50), n 0.900 /
+    3/50), k 1.000 / 0.020 (50/50, 1/50), l 0.960 / 0.080 (48/50, 4/50), m 0.980 / 0.060 (49/50, 3/50), n 0.900 /
     0.120 (45/50, 6/50), o 0.920 / 0.080 (46/50, 4/50), p 0.980 / 0.040 (49/50, 2/50), q 1.000 / 0.060 (50/50,
     3/50), r 1.000 / 0.080 (50/50, 4/50), s 1.000 / 0.020 (50/50, 1/50), t 0.900 / 0.100 (45/50, 5/50), u 0.840 /
     0.080 (42/50, 4/50). The floors leave two or three replies of slack (for q, r, s, t and u under their figures
