@@ -21,6 +21,7 @@ Command line: ``python -m alpacare.safety check --input IN.jsonl --output OUT.js
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import re
 import sys
@@ -640,10 +641,30 @@ _AGE_OR_INTERVAL = _rx(
 _COUNTING = _rx(r"\b(?:for|to)\s+a\s+count\s+of\s+\w+")  # "breathe in for a count of four": no blood count
 
 
+# A treatment's time window as the condition for giving it: "Clot-dissolving medicine can generally only be given
+# within about 4.5 hours of when symptoms started", "Flu antivirals work best when started within 48 hours", and a
+# medicine withheld unless a criterion is met: "no antibiotics unless the earache hasn't improved after 3 days".
+_TREATMENT_WINDOW = _rx(
+    r"\b(?:only|best|most\s+effective|must\s+be|has\s+to\s+be|need\s+to\s+be|needs\s+to\s+be)\b[^.;]{0,40}?\b(?:given|"
+    r"offered|started|taken|used|prescribed|works?|helps?|effective)\b[^.;]{0,30}?\bwithin\s+(?:about\s+|around\s+|"
+    rf"roughly\s+|the\s+first\s+)?(?:\d+(?:\.\d+)?|{WORD_NUMBER})(?:\s+and\s+a\s+half)?\s*(?:hours?|hrs?|days?|weeks?)\b"
+)
+_WINDOWED_TREATMENT = _rx(
+    r"\b(?:clot[- ](?:dissolving|busting)|thromboly\w+|antivenom|treatment|medicine|medication|tablets?|pills?|"
+    r"injections?|pep|prophylaxis|vaccine|immunoglobulin)\b"
+)
+_UNLESS = _rx(r"\bno\s+(?P<what>[\w-]+(?:\s+[\w-]+)?)\s+unless\b")
+
+
 def _decision_rule(sentence: str) -> bool:
     """True when the sentence ties a threshold of a measurement or score to a diagnosis or treatment, or gives an
     age or interval for a screening test."""
     if _SCREENING.search(sentence) and _AGE_OR_INTERVAL.search(sentence):
+        return True
+    window = _TREATMENT_WINDOW.search(sentence)
+    if window and (_names_medicine(sentence) or _WINDOWED_TREATMENT.search(sentence)):
+        return True
+    if any(_names_medicine(m.group("what")) for m in _UNLESS.finditer(sentence)):
         return True
     sentence = _COUNTING.sub(" ", sentence)
     if _NEEDED_IF.search(sentence):
@@ -927,23 +948,49 @@ _TYPICAL_OF = _rx(
 # thrush". What follows must read as a condition, not as advice ("suggests you should be seen", "points to the need
 # for a review", "fits with what doctors see").
 _TOLD_BACK_VERDICT = _rx(
-    r"(?:\b(?:is|are|'s|’s)\s+(?:(?:a|an)\s+)?(?:textbook|classic|typical)\s+"
-    r"(?:(?:signs?|symptoms?|features?|picture|presentation|case|pattern)\s+of\s+|for\s+)?"
-    r"(?![\w\s'-]{0,40}\b(?:symptoms|signs|features)\b)|"
-    r"\b(?:(?:very|highly|most|quite|really|pretty|fairly)\s+)?(?:suggests|strongly\s+suggests?|points?\s+"
-    r"(?:to|towards?)|fits(?!\s+(?:with|in|into)\b)|could\s+well\s+be|is\s+almost\s+certainly|sounds?\s+"
-    r"(?:very\s+|most\s+)?like)\s+)"
-    r"(?!(?:you|your|that|it|this|these|those|they|there|he|she|we|something|several|many|various|some|any|seeing|"
-    r"getting|having|being|reasons?|examples?|red\s+flags?|warning|questions?|ways?|situation|scenario|times?|thing|"
-    r"mistake|response|story|case|signs?|symptoms?|features?|picture|presentation|pattern|around|about|approximately|"
-    r"can|may|might|will|would|could|is|are|was|were|lower|higher|less|more|reduced|increased|reasonable|"
-    r"medication|medicine|treatment|plan|timeframe|idea|option|approach|"
-    r"going|calling|booking|checking|a\s+(?:need|visit|check|review|trip|call|word|chat|conversation|doctor|gp|"
-    r"clinician|range|number|variety|lot|few|problem\s+that|reason\s+to|good|sensible|wise|lower|higher|reduced|"
-    r"increased|reasonable|normal|healthy)|an?\s+(?:appointment|assessment|examination|exam|urgent|emergency|same-day|"
-    r"prompt|early|medical|in-person|increased|good|normal|healthy)|the\s+(?:need|doctor|gp|right|best|same|usual|"
-    r"way|time|pattern|description|picture)|what|how|why|when|where|who|whether|one|further|proper|prompt|urgent|"
-    r"medical|professional|emergency|normal|nothing)\b)(?:an?\s+|the\s+)?[a-z]"
+    r"(?:\b(?:is|are|'s|’s)\s+(?:all\s+)?(?:(?:a|an|the)\s+)?(?:(?:very|pretty|really|quite|so|fairly)\s+)?(?:textbook|"
+    r"classic|typical)(?:,?\s+textbook)?\s+(?:(?:signs?|features?|picture|presentation|case|pattern|example|"
+    r"story)\s+of\s+|for\s+)?|\bhas\s+all\s+the\s+(?:hallmarks|makings)\s+of\s+|"
+    r"\b(?:(?:very|highly|most|quite|really|pretty|fairly)\s+)?(?:suggests?|strongly\s+suggests?|points?\s+"
+    r"(?:to|towards?)|(?:would\s+)?fits?(?:\s+(?:perfectly\s+)?with)?|(?:could|may|might)\s+(?:very\s+)?well\s+be|"
+    r"(?:is|are|'s|’s)\s+almost\s+certainly|sounds?\s+(?:very\s+much\s+|a\s+lot\s+|more\s+|most\s+|very\s+)?"
+    r"like)\s+)(?P<object>(?:[\w'’-]+,?\s+){0,5}[\w'’-]+)"
+)
+# What the verdict names must read as a condition: a condition word within its first six words. Written by hand (no
+# library names conditions offline); a list of what is not a condition ("a plan", "a GP visit", "great progress",
+# "typical for his age", ...) never ends.
+_CONDITION_WORD = _rx(
+    r"\b(?:\w+(?:itis|osis|iasis|emia|aemia|oma|pathy|algia|plegia|trophy|rrhoea|rrhea)|infections?|syndrome|"
+    r"disease|disorder|deficiency|allergy|allergic|intolerance|fracture|tear|sprain|(?:muscle|back|calf|hamstring|groin|neck)\s+strain|stones?|ulcers?|reflux|"
+    r"hernia|cysts?|tumou?r|cancer|attack|stroke|migraine|croup|shingles|gout|thrush|eczema|psoriasis|acne|asthma|"
+    r"diabetes|depression|anxiety|flu|influenza|cold|measles|mumps|chickenpox|scabies|lice|impetigo|ringworm|warts?|"
+    r"angina|pneumonia|sepsis|clot|thrombosis|embolism|pe|dvt|uti|ibs|gerd|gord|copd|adhd|ptsd|ocd|pcos|"
+    r"fasciitis|sciatica|lupus|anaemia|anemia|hypothyroidism|hyperthyroidism|concussion|dehydration|heatstroke|"
+    r"vertigo|tinnitus|glaucoma|cataracts?|conjunctivitis|styes?|blepharitis|haemorrhoids|hemorrhoids|piles|"
+    r"colic|reflux|constipation|jaundice|hepatitis|mononucleosis|glandular\s+fever|strep|tonsillitis|"
+    r"bronchiolitis|whooping\s+cough|covid|virus|viral|bacterial|fungal|yeast|candida|herpes|chlamydia|"
+    r"gonorrh?oea|syphilis|hiv|aneurysm|arrhythmia|fibrillation|failure|insufficiency|dementia|delirium|"
+    r"parkinson'?s|epilepsy|seizures?|palsy|neuralgia|neuropathy|sprue|coeliac|celiac|crohn'?s|colitis|"
+    r"diverticulitis|appendicitis|pancreatitis|gallstones?|endometriosis|fibroids?|menopause|pregnancy|"
+    r"miscarriage|ectopic|preeclampsia|pre-eclampsia|roseola|rubella|scarlet\s+fever|slapped\s+cheek|"
+    r"hand,?\s+foot\s+and\s+mouth|osteoarthritis|arthritis|bursitis|tendinitis|tendonitis|tendinopathy|"
+    r"rotator\s+cuff|meniscus|acl|frozen\s+shoulder|carpal\s+tunnel|plantar|achilles|burnout|insomnia|"
+    r"apnoea|apnea|narcolepsy|anorexia|bulimia|bipolar|schizophrenia|psychosis|autism|dyslexia|"
+    r"bed\s+bugs?|bites?|stings?|sunburn|rosacea|dermatitis|hives|urticaria|vitiligo|melanoma|carcinoma|"
+    r"lymphoma|leukaemia|leukemia|polyps?|abscess|boil|cellulitis|nits|runner['’]?s\s+knee|tennis\s+elbow|"
+    r"golfer['’]?s\s+elbow|"
+    r"(?:cluster|tension(?:-type)?|sinus|rebound|medication[- ]overuse)\s+headaches?|"
+    r"(?:ace[- ]inhibitor|ramipril|lisinopril)\s+cough|malignan\w+)\b"
+)
+# The object opens with advice, a pronoun or a symptom word rather than a condition ("suggests you should see a GP",
+# "points to the need for an assessment", "is a classic heart attack symptom", "sounds like a 999 situation")
+_NOT_A_VERDICT = _rx(
+    r"(?:you|your|that|it|this|these|those|they|there|he|she|we|something|anything|nothing|several|many|various|some|"
+    r"one|(?:a|one)\s+(?:single|clear|specific|particular|definite)|"
+    r"any|a\s+(?:need|visit|referral|test|blood\s+test|scan|reason|good|sensible|great|low|lower|higher|high|"
+    r"reduced|increased|normal|healthy|plan|job|situation)|an?\s+(?:appointment|assessment|examination|urgent|"
+    r"emergency|a&e|999)|the\s+need|seeing|getting|having|being|making|contacting|ringing|calling|trying|testing|"
+    r"booking|checking|(?:\w+\s+){0,3}?(?:symptoms?|signs?|red[\s-]flags?|warning|features?|worry|trap|risk)\b)"
 )
 # A person or a source before the verb ("your doctor may suggest ...", "some research suggests ...") is no verdict
 _NOT_THE_CASE = _rx(
@@ -1013,12 +1060,19 @@ def _typical_of_theirs(sentence: str, prompt: str | None) -> bool:
     subjects = [match.group("subject") for match in _TYPICAL_OF.finditer(sentence)]
     # The verdict first, then what it is said of (the words before it, back to a clause break): a regex that also
     # matched the subject tried every start (3x slower on a 20,000-character run of words).
-    for match in _TOLD_BACK_VERDICT.finditer(sentence):
+    for match in itertools.islice(_TOLD_BACK_VERDICT.finditer(sentence), 20):  # bounded on a run of verdicts
         subject = re.split(r"[.;:!?]", sentence[max(0, match.start() - 200) : match.start()])[-1]
-        if len(subject) >= 3 and not _NOT_THE_CASE.search(subject):
+        obj = match.group("object")
+        if (
+            len(subject) >= 3
+            and not _NOT_THE_CASE.search(subject)
+            and _CONDITION_WORD.search(obj)
+            and not _NOT_A_VERDICT.match(obj)
+        ):
             subjects.append(subject)
+    asked = _content_stems(prompt)
     for subject in subjects:
-        if _THEIRS.search(subject) or len(_content_stems(subject) & _content_stems(prompt)) >= 2:
+        if _THEIRS.search(subject) or len(_content_stems(subject) & asked) >= 2:
             return True
     return False
 
