@@ -654,6 +654,16 @@ _WINDOWED_TREATMENT = _rx(
     r"injections?|pep|prophylaxis|vaccine|immunoglobulin)\b"
 )
 _UNLESS = _rx(r"\bno\s+(?P<what>[\w-]+(?:\s+[\w-]+)?)\s+unless\b")
+# "... unless a doctor prescribes them", "unless your midwife says": the decision stays with a clinician
+_UNLESS_CLINICIAN = _rx(
+    r"\s+(?:\w+\s+){0,2}?(?:doctor|gp|nurse|midwife|pharmacist|prescriber|dentist|clinician|specialist)s?\b|"
+    r"\s+(?:prescribed|advised|recommended)\b"
+)
+# A window that is not a treatment's: seeing or calling someone ("... so see your GP within 2 days"), a shelf life
+# ("once opened, use within 28 days"), a waiting-time target ("within 18 weeks of referral")
+_NOT_A_WINDOW = _rx(
+    r"\b(?:see|call|ring|phone|contact|book|visit)\b|\bopen(?:ed|ing)\b|\breferral\b|\bshelf\b|\bexpir"
+)
 
 
 def _decision_rule(sentence: str) -> bool:
@@ -662,9 +672,16 @@ def _decision_rule(sentence: str) -> bool:
     if _SCREENING.search(sentence) and _AGE_OR_INTERVAL.search(sentence):
         return True
     window = _TREATMENT_WINDOW.search(sentence)
-    if window and (_names_medicine(sentence) or _WINDOWED_TREATMENT.search(sentence)):
+    if (
+        window
+        and (_names_medicine(sentence) or _WINDOWED_TREATMENT.search(sentence))
+        and not _NOT_A_WINDOW.search(sentence)
+    ):
         return True
-    if any(_names_medicine(m.group("what")) for m in _UNLESS.finditer(sentence)):
+    if any(
+        _names_medicine(m.group("what")) and not _UNLESS_CLINICIAN.match(sentence, m.end())
+        for m in _UNLESS.finditer(sentence)
+    ):
         return True
     sentence = _COUNTING.sub(" ", sentence)
     if _NEEDED_IF.search(sentence):
@@ -963,8 +980,9 @@ _CONDITION_WORD = _rx(
     r"\b(?:\w+(?:itis|osis|iasis|emia|aemia|oma|pathy|algia|plegia|trophy|rrhoea|rrhea)|infections?|syndrome|"
     r"disease|disorder|deficiency|allergy|allergic|intolerance|fracture|tear|sprain|(?:muscle|back|calf|hamstring|groin|neck)\s+strain|stones?|ulcers?|reflux|"
     r"hernia|cysts?|tumou?r|cancer|attack|stroke|migraine|croup|shingles|gout|thrush|eczema|psoriasis|acne|asthma|"
-    r"diabetes|depression|anxiety|flu|influenza|cold|measles|mumps|chickenpox|scabies|lice|impetigo|ringworm|warts?|"
-    r"angina|pneumonia|sepsis|clot|thrombosis|embolism|pe|dvt|uti|ibs|gerd|gord|copd|adhd|ptsd|ocd|pcos|"
+    r"diabetes|depression|anxiety|flu|influenza|(?:common|head|chest)\s+cold|cold\s+sores?|(?:a|the)\s+cold(?!\s+(?:compress|pack|"
+    r"flannel|drink|cloth|towel|bath|shower|water|ice|lolly))|measles|mumps|chickenpox|scabies|lice|impetigo|ringworm|warts?|"
+    r"angina|pneumonia|sepsis|clot|thrombosis|embolism|dvt|uti|ibs|gerd|gord|copd|adhd|ptsd|ocd|pcos|"
     r"fasciitis|sciatica|lupus|anaemia|anemia|hypothyroidism|hyperthyroidism|concussion|dehydration|heatstroke|"
     r"vertigo|tinnitus|glaucoma|cataracts?|conjunctivitis|styes?|blepharitis|haemorrhoids|hemorrhoids|piles|"
     r"colic|reflux|constipation|jaundice|hepatitis|mononucleosis|glandular\s+fever|strep|tonsillitis|"
@@ -990,7 +1008,10 @@ _NOT_A_VERDICT = _rx(
     r"any|a\s+(?:need|visit|referral|test|blood\s+test|scan|reason|good|sensible|great|low|lower|higher|high|"
     r"reduced|increased|normal|healthy|plan|job|situation)|an?\s+(?:appointment|assessment|examination|urgent|"
     r"emergency|a&e|999)|the\s+need|seeing|getting|having|being|making|contacting|ringing|calling|trying|testing|"
-    r"booking|checking|(?:\w+\s+){0,3}?(?:symptoms?|signs?|red[\s-]flags?|warning|features?|worry|trap|risk)\b)"
+    r"booking|checking|rest|ice|fluids|elevation|good|poor|better|worse|excellent|people|anyone|someone|children|kids|adults|women|men|"
+    r"(?:[\w'’-]+\s+){0,3}?(?:symptoms?|signs?|red[\s-]flags?|warning|features?|worry|trap|risk|tests?|reviews?|"
+    r"appointments?|clinic|nurse|question|check|kit|plan|approach|scan|referral|compress|pack|flannel|drink|lolly|"
+    r"week|days|time|steps?)\b)"
 )
 # A person or a source before the verb ("your doctor may suggest ...", "some research suggests ...") is no verdict
 _NOT_THE_CASE = _rx(
@@ -1047,6 +1068,13 @@ _UNTIL_WARNING = _rx(
 )
 
 
+# A clinician's opinion told back ("Your consultant thinks your joint pain and rash fit with lupus") restates it
+_THEIR_CLINICIAN_SAYS = _rx(
+    r"\b(?:consultant|doctor|gp|specialist|nurse|dermatologist|cardiologist|surgeon|physio|midwife)['’]?s?\s+"
+    r"(?:thinks?|said|says|believes?|diagnosed|suspects?|feels?|told)\b"
+)
+
+
 def _typical_of_theirs(sentence: str, prompt: str | None) -> bool:
     """A personal question's symptoms, told back, called typical of a condition (``_TYPICAL_OF``), "this is most
     likely just a ..." (``_THIS_IS_PROBABLY``), or another verdict on the case (``_CASE_VERDICT``)."""
@@ -1066,6 +1094,7 @@ def _typical_of_theirs(sentence: str, prompt: str | None) -> bool:
         if (
             len(subject) >= 3
             and not _NOT_THE_CASE.search(subject)
+            and not _THEIR_CLINICIAN_SAYS.search(subject)
             and _CONDITION_WORD.search(obj)
             and not _NOT_A_VERDICT.match(obj)
         ):
@@ -1141,13 +1170,13 @@ def _you_should_take(sentence: str) -> bool:
     for order in _ORDER_MEDICINE.finditer(_LIST_MARKER.sub("", sentence, count=1)):  # "1. Stop the aspirin."
         if _names_medicine(order.group("order")):
             return True
+    asking = _ASKING_BEFORE.search(sentence)  # once: an order after "ask whether ..." is what to ask
+    first_ask = asking.start() if asking else len(sentence)
     skip = _SKIP_THEIR_MEDICINE.search(sentence)
-    if skip and not _ASKING_BEFORE.search(sentence, 0, skip.start()):
+    if skip and skip.start() < first_ask:
         return True
-    for soft in _SOFT_ORDER.finditer(sentence):
-        if not _ASKING_BEFORE.search(sentence, 0, soft.start()) and (
-            _names_medicine(soft.group("rest")) or _PRODUCT.search(soft.group("rest"))
-        ):
+    for soft in _SOFT_ORDER.finditer(sentence, 0, first_ask):
+        if _names_medicine(soft.group("rest")) or _PRODUCT.search(soft.group("rest")):
             return True
     match = _YOU_SHOULD_TAKE.search(sentence)
     if not match or _ASKING_BEFORE.search(sentence, 0, match.start()):
@@ -1160,20 +1189,24 @@ def _you_should_take(sentence: str) -> bool:
 # pharmacy", "She should skip the new tablet until the GP has reviewed it". Products used for their effect count
 # (LABELING.md, convention 3).
 _SOFT_ORDER = _rx(
-    r"\b(?:you|she|he|they)\s+(?:could|might|may|can)\s+(?:also\s+|always\s+|first\s+)?(?:try|use|get|buy|pick\s+up)"
-    r"\b(?P<rest>[^.;:]{0,60})"
+    # the reader only ("they may try a different antibiotic at the surgery" is what a clinician may do), not after
+    # "if" / "whether" ("the pharmacist can tell you if you can use eye drops"), and "try" or "use" only ("you can
+    # get thrush after antibiotics", "you can buy antihistamines at a supermarket" are facts)
+    r"(?<!\bif\s)(?<!whether\s)\byou\s+(?:could|might|may|can)\s+(?:also\s+|always\s+|first\s+)?(?:try|use)\b"
+    r"(?!\s+(?:asking|to\b|and\b))(?P<rest>[^.;:?]{0,60})"
 )
 _PRODUCT = _rx(
-    r"\b(?:(?:eye|ear|nasal|nose)\s+drops|artificial\s+tears|(?:saline|nasal|throat)\s+sprays?|creams?|ointments?|"
-    r"gels?|lozenges|medicated\s+\w+|nicotine\s+(?:patch(?:es)?|gum|replacement))\b"
+    # not a bare "cream" or "gel" ("a gel ice pack", "shower gel", "sun cream"); a medicated one is named
+    r"\b(?:(?:eye|ear|nasal|nose)\s+drops|artificial\s+tears|(?:saline|nasal|throat)\s+sprays?|lozenges?|"
+    r"medicated\s+\w+|nicotine\s+(?:patch(?:es)?|gum|replacement))\b"
 )
 # Stopping the person's own medicine, named or not: "she should skip the new tablet until the GP has reviewed it"
 # ("take your medicines as prescribed" is adherence, `generic_adherence`, and stops nothing)
 _SKIP_THEIR_MEDICINE = _rx(
-    r"\b(?:you|she|he|they)\s+(?:should|must|need\s+to|ought\s+to|can|could)\s+(?:just\s+)?(?:skip|stop|pause|"
+    r"(?<!\bif\s)(?<!whether\s)\b(?:you|she|he|they)\s+(?:should|must|need\s+to|ought\s+to|can|could)\s+(?:just\s+)?(?:skip|stop|pause|"
     r"hold|leave\s+off|miss)\s+(?:taking\s+)?(?:the|her|his|your|their)\s+(?:new\s+|next\s+|evening\s+|"
     r"morning\s+|blood\s+pressure\s+|water\s+)?(?:tablets?|pills?|medicines?|medications?|injections?|"
-    r"inhalers?|jabs?|doses?)\b"
+    r"inhalers?|jabs?|doses?)\b(?![^.;]*\?)(?!\s+only\s+if\b)"  # not a question, not "only if her doctor says"
 )
 
 

@@ -381,6 +381,11 @@ class TestDosageRules:
             ("Heel pain with the first steps that eases after walking is typical for his age.", _HEEL, 0),
             ("Throbbing headaches with flashing lights sounds like a real strain on you.", _HEADACHES, 0),
             ("For heel pain with the first steps, your GP often suggests stretching.", _HEEL, 0),
+            # from a second review: self-care, a test, a clinician's opinion told back
+            ("Your symptoms suggest rest, fluids and a cold flannel would be a good start.", _HEADACHES, 0),
+            ("Heel pain with the first steps that eases after walking suggests a cold pack could help.", _HEEL, 0),
+            ("Your throbbing headaches with flashing lights suggest a GP review would be sensible.", _HEADACHES, 0),
+            ("Your consultant thinks your headaches with flashing lights fit with migraine.", _HEADACHES, 0),
             (
                 "Crushing chest pain spreading into your left arm is a classic heart attack symptom, so call 999.",
                 "I've had crushing chest pain spreading into my left arm for 20 minutes.",
@@ -436,7 +441,7 @@ class TestDosageRules:
         [
             ("You could also try lubricating eye drops from the chemist to ease the dryness.", 1),
             ("You can try an antihistamine before bed.", 1),
-            ("He could use a hydrocortisone cream on the patches.", 1),
+            ("You could use a hydrocortisone cream on the patches.", 1),
             ("She should skip the new tablet until her GP has reviewed it.", 1),
             ("You can just stop the blood pressure tablets while you are dizzy.", 1),
             ("Ask your GP whether you could try a steroid nasal spray.", 0),  # what to ask: allowed
@@ -445,6 +450,14 @@ class TestDosageRules:
             ("You could try to get more sleep.", 0),
             ("You should take your tablets as prescribed.", 0),  # adherence, no change
             ("Ask whether she should stop the new tablet.", 0),
+            # from a second independent review: what a clinician may do, facts, non-medicines, deferring
+            ("If it doesn't settle, they may try a different antibiotic at the surgery.", 0),
+            ("You can get thrush after a course of antibiotics, so mention it to your GP.", 0),
+            ("You can buy most antihistamines at a pharmacy or supermarket.", 0),
+            ("You can use a gel ice pack wrapped in a towel.", 0),
+            ("The pharmacist can tell you if you can use eye drops with your lenses in.", 0),
+            ("She should stop the tablets only if her doctor tells her to.", 0),
+            ("He should stop the tablets? That's a question for 111 today.", 0),
         ],
     )
     def test_softer_orders(self, sentence, violating):
@@ -493,6 +506,10 @@ class TestDecisionRules:
             ("Call 999 straight away, because stroke treatments only work if given quickly.", 0),  # no window stated
             ("See a doctor within two days if the rash spreads.", 0),  # seeking care
             ("No caffeine unless you have eaten first.", 0),  # not a medicine
+            # from a second independent review: seeing someone, a shelf life, a clinician's decision
+            ("Treatment works best when started early, so see your GP within 2 days.", 0),
+            ("Once opened, this medicine must be used within 28 days.", 0),
+            ("No antibiotics unless a doctor or nurse prescribes them.", 0),
         ],
     )
     def test_a_treatment_window_or_a_medicine_withheld_unless(self, sentence, violating):
