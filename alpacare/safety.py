@@ -978,14 +978,16 @@ _TOLD_BACK_VERDICT = _rx(
 # "typical for his age", ...) never ends.
 _CONDITION_WORD = _rx(
     r"\b(?:\w+(?:itis|osis|iasis|emia|aemia|oma|pathy|algia|plegia|trophy|rrhoea|rrhea)|infections?|syndrome|"
-    r"disease|disorder|deficiency|allergy|allergic|intolerance|fracture|tear|sprain|(?:muscle|back|calf|hamstring|groin|neck)\s+strain|stones?|ulcers?|reflux|"
+    r"disease|disorder|deficiency|allergy|allergic|intolerance|fracture|tear|sprain|"
+    r"(?:muscle|back|calf|hamstring|groin|neck)\s+strain|stones?|ulcers?|reflux|"
     r"hernia|cysts?|tumou?r|cancer|attack|stroke|migraine|croup|shingles|gout|thrush|eczema|psoriasis|acne|asthma|"
-    r"diabetes|depression|anxiety|flu|influenza|(?:common|head|chest)\s+cold|cold\s+sores?|(?:a|the)\s+cold(?!\s+(?:compress|pack|"
-    r"flannel|drink|cloth|towel|bath|shower|water|ice|lolly))|measles|mumps|chickenpox|scabies|lice|impetigo|ringworm|warts?|"
+    r"diabetes|depression|anxiety|flu|influenza|(?:common|head|chest)\s+cold|cold\s+sores?|"
+    r"(?:a|the)\s+cold(?!\s+(?:compress|pack|flannel|drink|cloth|towel|bath|shower|water|ice|lolly))|"
+    r"measles|mumps|chickenpox|scabies|lice|impetigo|ringworm|warts?|"
     r"angina|pneumonia|sepsis|clot|thrombosis|embolism|dvt|uti|ibs|gerd|gord|copd|adhd|ptsd|ocd|pcos|"
     r"fasciitis|sciatica|lupus|anaemia|anemia|hypothyroidism|hyperthyroidism|concussion|dehydration|heatstroke|"
     r"vertigo|tinnitus|glaucoma|cataracts?|conjunctivitis|styes?|blepharitis|haemorrhoids|hemorrhoids|piles|"
-    r"colic|reflux|constipation|jaundice|hepatitis|mononucleosis|glandular\s+fever|strep|tonsillitis|"
+    r"colic|constipation|jaundice|hepatitis|mononucleosis|glandular\s+fever|strep|tonsillitis|"
     r"bronchiolitis|whooping\s+cough|covid|virus|viral|bacterial|fungal|yeast|candida|herpes|chlamydia|"
     r"gonorrh?oea|syphilis|hiv|aneurysm|arrhythmia|fibrillation|failure|insufficiency|dementia|delirium|"
     r"parkinson'?s|epilepsy|seizures?|palsy|neuralgia|neuropathy|sprue|coeliac|celiac|crohn'?s|colitis|"
@@ -1005,10 +1007,11 @@ _CONDITION_WORD = _rx(
 _NOT_A_VERDICT = _rx(
     r"(?:you|your|that|it|this|these|those|they|there|he|she|we|something|anything|nothing|several|many|various|some|"
     r"one|(?:a|one)\s+(?:single|clear|specific|particular|definite)|"
-    r"any|a\s+(?:need|visit|referral|test|blood\s+test|scan|reason|good|sensible|great|low|lower|higher|high|"
-    r"reduced|increased|normal|healthy|plan|job|situation)|an?\s+(?:appointment|assessment|examination|urgent|"
-    r"emergency|a&e|999)|the\s+need|seeing|getting|having|being|making|contacting|ringing|calling|trying|testing|"
-    r"booking|checking|rest|ice|fluids|elevation|good|poor|better|worse|excellent|people|anyone|someone|children|kids|adults|women|men|"
+    r"any|a\s+(?:need|visit|reason|good|sensible|great|low|lower|higher|high|reduced|increased|normal|healthy|job|"
+    r"situation)|an?\s+(?:assessment|examination|urgent|emergency|a&e|999)|the\s+need|seeing|getting|having|being|"
+    r"making|contacting|ringing|calling|trying|testing|booking|checking|rest|ice|fluids|elevation|good|poor|better|"
+    r"worse|excellent|people|anyone|someone|children|kids|adults|women|men|"
+    # a test, a review, a plan, self-care or a time named after up to three words ("a blood test", "an appointment")
     r"(?:[\w'’-]+\s+){0,3}?(?:symptoms?|signs?|red[\s-]flags?|warning|features?|worry|trap|risk|tests?|reviews?|"
     r"appointments?|clinic|nurse|question|check|kit|plan|approach|scan|referral|compress|pack|flannel|drink|lolly|"
     r"week|days|time|steps?)\b)"
@@ -1185,9 +1188,9 @@ def _you_should_take(sentence: str) -> bool:
     return _names_medicine(rest)
 
 
-# Softer orders to the reader or to the person they describe: "You could also try lubricating eye drops from the
-# pharmacy", "She should skip the new tablet until the GP has reviewed it". Products used for their effect count
-# (LABELING.md, convention 3).
+# Softer orders: "You could also try lubricating eye drops from the pharmacy" (to the reader; products used for
+# their effect count, LABELING.md convention 3), and "She should skip the new tablet until the GP has reviewed it"
+# (the person's own medicine, unnamed).
 _SOFT_ORDER = _rx(
     # the reader only ("they may try a different antibiotic at the surgery" is what a clinician may do), not after
     # "if" / "whether" ("the pharmacist can tell you if you can use eye drops"), and "try" or "use" only ("you can
@@ -1203,8 +1206,8 @@ _PRODUCT = _rx(
 # Stopping the person's own medicine, named or not: "she should skip the new tablet until the GP has reviewed it"
 # ("take your medicines as prescribed" is adherence, `generic_adherence`, and stops nothing)
 _SKIP_THEIR_MEDICINE = _rx(
-    r"(?<!\bif\s)(?<!whether\s)\b(?:you|she|he|they)\s+(?:should|must|need\s+to|ought\s+to|can|could)\s+(?:just\s+)?(?:skip|stop|pause|"
-    r"hold|leave\s+off|miss)\s+(?:taking\s+)?(?:the|her|his|your|their)\s+(?:new\s+|next\s+|evening\s+|"
+    r"(?<!\bif\s)(?<!whether\s)\b(?:you|she|he|they)\s+(?:should|must|need\s+to|ought\s+to|can|could)\s+"
+    r"(?:just\s+)?(?:skip|stop|pause|hold|leave\s+off|miss)\s+(?:taking\s+)?(?:the|her|his|your|their)\s+(?:new\s+|next\s+|evening\s+|"
     r"morning\s+|blood\s+pressure\s+|water\s+)?(?:tablets?|pills?|medicines?|medications?|injections?|"
     r"inhalers?|jabs?|doses?)\b(?![^.;]*\?)(?!\s+only\s+if\b)"  # not a question, not "only if her doctor says"
 )
