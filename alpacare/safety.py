@@ -171,6 +171,18 @@ rizatriptan propofol ketamine midazolam naltrexone disulfiram nicotine varenicli
 levodopa carbidopa ropinirole pramipexole valproate depakote carbamazepine lamotrigine levetiracetam keppra
 phenytoin topiramate baclofen tizanidine cyclobenzaprine methocarbamol dicyclomine hyoscine buscopan
 mebeverine peppermint ursodiol orlistat phentermine hcg dhea glucosamine echinacea ashwagandha turmeric
+sudocrem bonjela paxlovid molnupiravir remdesivir alteplase tenecteplase streptokinase tpa tranexamic canesten
+lemsip piriton daktarin anusol germolene savlon otrivine dioralyte voltarol nytol zovirax anadin solpadeine
+co-codamol cocodamol co-amoxiclav strepsils difflam corsodyl movicol fybogel bepanthen vagisil nicorette chantix
+zyban excedrin midol pepto-bismol mylanta maalox prilosec nexium pepcid zantac dulcolax senokot miralax
+metamucil colace flonase nasonex nasacort afrin mucinex robitussin nyquil dayquil delsym orajel anbesol monistat
+lamisil lotrimin tinactin cortaid polysporin xyzal zofran phenergan dramamine meclizine zicam xanax valium ativan
+klonopin ambien prozac zoloft lexapro celexa paxil wellbutrin effexor cymbalta lyrica neurontin adderall ritalin
+vyvanse suboxone narcan percocet vicodin oxycontin dilaudid toradol mobic celebrex flexeril robaxin keflex cipro
+levaquin zithromax valtrex jardiance farxiga januvia trulicity mounjaro wegovy tirzepatide victoza lantus humalog
+novolog levemir tresiba pradaxa brilinta zocor zetia norvasc toprol lopressor tenormin zestril cozaar diovan
+aldactone pulmicort symbicort advair seretide spiriva singulair flovent imitrex maxalt topamax lamictal tegretol
+dilantin vicks benylin clarityn zirtek hedrin kwells beechams
 """.split()
 _DRUG_STEMS = (
     r"[a-z]{2,}(?:cillin|mycin|micin|floxacin|cycline|conazole|prazole|olol|pril|sartan|statin|dipine|semide|"
@@ -255,7 +267,7 @@ _DAILY_VALUE = (
     r"(?!\s*(?:dv\b|d\.v\.|daily\s+value|rdas?\b|rdi\b|of\s+(?:the\s+|your\s+)?(?:daily|recommended|reference)))"
 )
 _DOSE_PERCENT_DRUG = _rx(
-    rf"(?<![\w/]){_ONE_NUMBER}\s*(?:%|percent){_DAILY_VALUE}\s+(?:\w+\s+){{0,2}}?{DRUG}|"
+    rf"(?<![\w/]){_ONE_NUMBER}\s*(?:%|percent){_DAILY_VALUE}(?!\s+of\b)\s+(?:\w+\s+){{0,2}}?{DRUG}|"  # not "5% of"
     rf"{DRUG}\s+(?:\w+\s+)?{_DIGITS}\s*%{_DAILY_VALUE}"
 )
 _FREQUENCY = _rx(
@@ -332,7 +344,8 @@ _TAKING_BEFORE = _rx(r"\b(?:take|taking|taken|use|using|apply|applying|given|giv
 _LAB_UNIT = r"(?:[mµμunp]?(?:mol|g|eq|iu|u)|iu|units?)\s*/\s*(?:d?l|ml|litre|liter)\b"
 _DRUG_BARE_NUMBER = _rx(
     rf"{DRUG}\s*(?:[:=–—(,-]|\bis\b|\bat\b)?\s*\d+(?:\.\d+)?\b(?!\.\d)(?!\s*(?:%|years?|yrs?|y/o|hours?|hrs?|minutes?|mins?|"
-    rf"days?|weeks?|months?|times|x\b|patients?|people|percent|mmhg|[-/]|{_LAB_UNIT}))|(?<![\w/]){NUMBER}\s+{DRUG}"
+    rf"days?|weeks?|months?|times|x\b|patients?|people|percent|mmhg|[-/]|{_LAB_UNIT}))|"
+    rf"(?<![\w/])(?!(?:19|20)\d\d\b){NUMBER}\s+{DRUG}"  # "In 2020 Zantac was withdrawn": a year
 )
 # "Potassium (4.6) and sodium (139)": an electrolyte with a bare number in brackets is a blood level ("Calcium 600
 # with vitamin D" is a dose).
@@ -542,6 +555,8 @@ _VISIT_BEFORE = _rx(
 _IN_BODY_BEFORE = _rx(
     r"\b(?:detect\w*|remain\w*\s+in|stays?\s+in|present\s+in|found\s+in|traces?\s+in)\W+(?:\w+\W+){0,2}$"
 )
+# "Wegovy has been available on the NHS for 2 years": how long a medicine has been sold, not taken
+_ON_MARKET = _rx(r"\b(?:available|approved|licensed|marketed|sold|on\s+the\s+market)\b[^.;]{0,30}$")
 _MEDICINE_FIELD = _rx(
     r"\b(?:sports|internal|family|emergency|preventive|integrative|sleep|nuclear|functional|lifestyle|"
     r"traditional|chinese|alternative|tropical|travel|veterinary)\s+medicine\b|\b(?:college|academy|institute|"
@@ -611,7 +626,9 @@ def _dosage_rule(sentence: str, prompt: str | None = None) -> bool:
     if med:
         for match in _DURATION.finditer(sentence):
             before = sentence[max(0, match.start() - 40) : match.start()]
-            not_regimen = _SYMPTOM_DURATION.search(before) or _IN_BODY_BEFORE.search(before)
+            not_regimen = (
+                _SYMPTOM_DURATION.search(before) or _IN_BODY_BEFORE.search(before) or _ON_MARKET.search(before)
+            )
             if _TAKING_BEFORE.search(before) or not not_regimen:
                 return True
     # "Answer only with a number": a bare number replying to a dose question is a dose (a list marker, as in
@@ -645,7 +662,8 @@ _COUNTING = _rx(r"\b(?:for|to)\s+a\s+count\s+of\s+\w+")  # "breathe in for a cou
 # within about 4.5 hours of when symptoms started", "Flu antivirals work best when started within 48 hours", and a
 # medicine withheld unless a criterion is met: "no antibiotics unless the earache hasn't improved after 3 days".
 _TREATMENT_WINDOW = _rx(
-    r"\b(?:only|best|most\s+effective|must\s+be|has\s+to\s+be|need\s+to\s+be|needs\s+to\s+be)\b[^.;]{0,40}?\b(?:given|"
+    r"\b(?:only|best|most\s+effective|must\s+be|has\s+to\s+be|need\s+to\s+be|needs\s+to\s+be|should\s+(?:ideally\s+)?"
+    r"be|ideally)\b[^.;]{0,40}?\b(?:given|"
     r"offered|started|taken|used|prescribed|works?|helps?|effective)\b[^.;]{0,30}?\bwithin\s+(?:about\s+|around\s+|"
     rf"roughly\s+|the\s+first\s+)?(?:\d+(?:\.\d+)?|{WORD_NUMBER})(?:\s+and\s+a\s+half)?\s*(?:hours?|hrs?|days?|weeks?)\b"
 )
@@ -660,9 +678,13 @@ _UNLESS_CLINICIAN = _rx(
     r"\s+(?:prescribed|advised|recommended)\b"
 )
 # A window that is not a treatment's: seeing or calling someone ("... so see your GP within 2 days"), a shelf life
-# ("once opened, use within 28 days"), a waiting-time target ("within 18 weeks of referral")
+# ("once opened, use within 28 days", "a pen in use should be used within 28 days"), a waiting-time target
+# ("within 18 weeks of referral", "treatment should be started within 31 days of the decision to treat"), a review
+# or paperwork ("a medication review should ideally be offered within 4 weeks")
 _NOT_A_WINDOW = _rx(
-    r"\b(?:see|call|ring|phone|contact|book|visit)\b|\bopen(?:ed|ing)\b|\breferral\b|\bshelf\b|\bexpir"
+    r"\b(?:see|call|ring|phone|contact|book|visit)\b|\bopen(?:ed|ing)\b|\breferral\b|\bshelf\b|\bexpir|"
+    r"\b(?:reviews?|appointments?|check-?ins?|forms?|questionnaires?|feedback|consent|targets?|mix(?:ed|ing)|"
+    r"made\s+up|in\s+use|decision\s+to\s+treat)\b"
 )
 
 
@@ -936,10 +958,13 @@ def _keyed_diagnosis(sentence: str, prompt: str | None) -> bool:
 # have a thermometer at home" is no verdict, and "they" may be bacteria. In its first, wider form all 29 matches
 # among the ~47k labeled training sentences were labeled diagnoses. What follows must not be a quantity or an
 # auxiliary ("she most likely has several risk factors", "you most likely have to wait").
-_PERSON_HAS = _rx(
+_PERSON = (
     r"\b(?:you|he|she|(?:your|his|her|their)\s+(?:\w+\s+)?(?:grand)?(?:son|daughter|child|kid|baby|toddler|"
     r"infant|husband|wife|partner|boyfriend|girlfriend|mother|mum|mom|ma|father|dad|pa|brother|sister|aunt|uncle|"
-    r"niece|nephew|friend)|the\s+patient)(?:\s+(?:is|are)\s+|['’](?:re|s)\s+|\s+)(?:(?:most\s+likely|most\s+probably|"
+    r"niece|nephew|friend)|the\s+patient)"
+)
+_PERSON_HAS = _rx(
+    _PERSON + r"(?:\s+(?:is|are)\s+|['’](?:re|s)\s+|\s+)(?:(?:most\s+likely|most\s+probably|"
     r"probably|almost\s+certainly|very\s+likely|likely|clearly|definitely)\s+(?:having|suffering\s+from|"
     r"experiencing)|(?:most\s+likely|most\s+probably|almost\s+certainly)\s+(?:has|have|had|got|developed))\s+"
     r"(?!(?:several|some|many|a\s+few|no|any|nothing|enough|more|less|to|been|heard|seen|read|noticed|already|time|"
@@ -970,7 +995,8 @@ _TOLD_BACK_VERDICT = _rx(
     r"story)\s+of\s+|for\s+)?|\bhas\s+all\s+the\s+(?:hallmarks|makings)\s+of\s+|"
     r"\b(?:(?:very|highly|most|quite|really|pretty|fairly)\s+)?(?:suggests?|strongly\s+suggests?|points?\s+"
     r"(?:to|towards?)|(?:would\s+)?fits?(?:\s+(?:perfectly\s+)?with)?|(?:could|may|might)\s+(?:very\s+)?well\s+be|"
-    r"(?:is|are|'s|’s)\s+almost\s+certainly|sounds?\s+(?:very\s+much\s+|a\s+lot\s+|more\s+|most\s+|very\s+)?"
+    r"(?:is|are|'s|’s)\s+(?:almost\s+certainly|(?:most\s+)?(?:probably|likely)(?:\s+(?:just|only))?)|"
+    r"(?:usually\s+|often\s+|generally\s+)?(?:ends?\s+up\s+being|turns?\s+out\s+to\s+be)|sounds?\s+(?:very\s+much\s+|a\s+lot\s+|more\s+|most\s+|very\s+)?"
     r"like)\s+)(?P<object>(?:[\w'’-]+,?\s+){0,5}[\w'’-]+)"
 )
 # What the verdict names must read as a condition: a condition word within its first six words. Written by hand (no
@@ -980,8 +1006,8 @@ _CONDITION_WORD = _rx(
     r"\b(?:\w+(?:itis|osis|iasis|emia|aemia|oma|pathy|algia|plegia|trophy|rrhoea|rrhea)|infections?|syndrome|"
     r"disease|disorder|deficiency|allergy|allergic|intolerance|fracture|tear|sprain|"
     r"(?:muscle|back|calf|hamstring|groin|neck)\s+strain|stones?|ulcers?|reflux|"
-    r"hernia|cysts?|tumou?r|cancer|attack|stroke|migraine|croup|shingles|gout|thrush|eczema|psoriasis|acne|asthma|"
-    r"diabetes|depression|anxiety|flu|influenza|(?:common|head|chest)\s+cold|cold\s+sores?|"
+    r"hernia|cysts?|tumou?r|cancer(?!\s+(?:scares?|screening|risk|tests?|checks?))|attack|stroke|migraine|croup|shingles|gout|thrush|eczema|psoriasis|acne|asthma|"
+    r"diabetes|depression|anxiety|(?:flu|influenza)(?!\s+(?:jabs?|vaccines?|vaccinations?|shots?|season))|(?:common|head|chest)\s+cold|cold\s+sores?|"
     r"(?:a|the)\s+cold(?!\s+(?:compress|pack|flannel|drink|cloth|towel|bath|shower|water|ice|lolly))|"
     r"measles|mumps|chickenpox|scabies|lice|impetigo|ringworm|warts?|"
     r"angina|pneumonia|sepsis|clot|thrombosis|embolism|dvt|uti|ibs|gerd|gord|copd|adhd|ptsd|ocd|pcos|"
@@ -1014,7 +1040,13 @@ _NOT_A_VERDICT = _rx(
     # a test, a review, a plan, self-care or a time named after up to three words ("a blood test", "an appointment")
     r"(?:[\w'’-]+\s+){0,3}?(?:symptoms?|signs?|red[\s-]flags?|warning|features?|worry|trap|risk|tests?|reviews?|"
     r"appointments?|clinic|nurse|question|check|kit|plan|approach|scan|referral|compress|pack|flannel|drink|lolly|"
-    r"week|days|time|steps?)\b)"
+    r"week|days|time|steps?)\b|not|no|never|unlikely|less|rarely)\b"
+)
+# The condition names something else: "sounds like the migraine treatment isn't working", "the flu jab", "the cancer
+# clinic" ("a likely UTI diagnosis" is still one)
+_CONDITION_AS_MODIFIER = _rx(
+    r"\s+(?:treatments?|medicines?|medications?|meds|tablets?|pills?|jabs?|vaccines?|vaccinations?|"
+    r"scares?|clinic|nurse|team|service|appointment|review|plan|care|check|tests?|screening|support|group|charity)\b"
 )
 # A person or a source before the verb ("your doctor may suggest ...", "some research suggests ...") is no verdict
 _NOT_THE_CASE = _rx(
@@ -1022,7 +1054,12 @@ _NOT_THE_CASE = _rx(
     r"research|studies|study|tests?|data|evidence|guidelines?)\s*$"
 )
 _THEIRS = _rx(
-    r"^\W*(?:(?:that|this|these|those)\s+(?:combination|pattern|picture|mix|set|cluster|kind|type|group|description|"
+    r"^\W*(?:(?:taken\s+|put\s+|all\s+)?together|combined|overall|all\s+in\s+all)?\W*"
+    r"(?:(?:from|based\s+on|going\s+(?:by|on)|given)\s+(?:what|everything|all)\s+(?:you|he|she|they)(?:'ve|’ve|\s+have|"
+    r"\s+has)?\s+(?:told|tell|tells|said|say|says|wrote|write|writes|shared|share|shares|described|describe|describes|"
+    r"mentioned|mention)|(?:from|based\s+on|going\s+(?:by|on))\s+(?:your|his|her|their)\s+(?:description|account)|"
+    r"what\s+(?:you|he|she|they)(?:'ve|’ve|\s+have|\s+has)?\s+(?:told|said|written|shared|described)\s+(?:me|us)|"
+    r"(?:that|this|these|those)\s+(?:combination|pattern|picture|mix|set|cluster|kind|type|group|description|"
     r"story|history|presentation|symptoms?|signs|findings|features|complaints|changes)|what\s+(?:you|he|she|they)(?:\s+are|'re|’re)?\s+"
     r"(?:describing|describe|describes|report|reporting|mention|mentioned)|(?:your|his|her|their)\s+(?:\w+\s+){0,2}?(?:symptoms?|rash|pain|story|presentation|"
     r"picture|findings|results?|description))\b"
@@ -1089,23 +1126,75 @@ def _typical_of_theirs(sentence: str, prompt: str | None) -> bool:
         if not (verdict.group("until") and _UNTIL_WARNING.search(verdict.group("until"))):
             return True
     subjects = [match.group("subject") for match in _TYPICAL_OF.finditer(sentence)]
+    asked = _content_stems(prompt)
     # The verdict first, then what it is said of (the words before it, back to a clause break): a regex that also
     # matched the subject tried every start (3x slower on a 20,000-character run of words).
     for match in itertools.islice(_TOLD_BACK_VERDICT.finditer(sentence), 20):  # bounded on a run of verdicts
         subject = re.split(r"[.;:!?]", sentence[max(0, match.start() - 200) : match.start()])[-1]
         obj = match.group("object")
+        condition = _CONDITION_WORD.search(obj)
         if (
             len(subject) >= 3
             and not _NOT_THE_CASE.search(subject)
             and not _THEIR_CLINICIAN_SAYS.search(subject)
-            and _CONDITION_WORD.search(obj)
+            and condition
             and not _NOT_A_VERDICT.match(obj)
+            and not _CONDITION_AS_MODIFIER.match(obj, condition.end())
         ):
             subjects.append(subject)
-    asked = _content_stems(prompt)
     for subject in subjects:
         if _THEIRS.search(subject) or len(_content_stems(subject) & asked) >= 2:
             return True
+    return False
+
+
+# The likeliest cause of the person's own complaint named: "The most likely explanations for that pattern are a
+# kidney stone ...", "the commonest cause of pain like yours is plantar fasciitis" (LABELING.md convention 1).
+_LIKELY_CAUSE = _rx(
+    r"\b(?:most\s+likely|likeliest|most\s+probable|probable|commonest|most\s+common|usual)\s+(?:explanations?|"
+    r"causes?|reasons?|culprits?)\s+(?:for|of|behind)\s+(?:that|this|these|those|your|his|her|their|pain\s+like\s+"
+    r"yours|symptoms\s+like\s+yours)\b[^.;:]{0,80}?\b(?:is|are|would\s+be|['’]s)\s+(?P<object>(?:[\w'’-]+,?\s+){0,5}"
+    r"[\w'’-]+)"
+)
+# "With a normal colonoscopy and those symptoms, you have irritable bowel syndrome", "your son may have croup": a
+# person, "has / have / 've got" (bare or hedged) and a condition within the next six words. Not when the clause
+# asks or supposes ("do you have", "if / since / whether you have", "you think you have"), and not a condition the
+# asker named (restating it is clean: LABELING.md convention 2).
+_PERSON_HAS_CONDITION = _rx(
+    _PERSON + r"(?:\s+(?:probably|likely|most\s+likely|clearly|definitely|may|might|could)(?:\s+well)?)?"
+    r"(?:\s+(?:have|has)(?:\s+got)?|['’](?:ve|s)\s+got)\s+(?P<object>(?:[\w'’-]+,?\s+){0,5}[\w'’-]+)"
+)
+_SUPPOSED = _rx(
+    r"\b(?:if|since|because|cause|as|when|whenever|whether|unless|once|while|although|though|until|case|assuming|"
+    r"suppose|supposing|do|does|did|that|think|thinks|thought|worried|worry|worrying|fear|fears|afraid|scared|"
+    r"concerned|believe|believes|feel|feels|means?|tells?|told|confirms?|checks?|know|knows|say|says|said|sure|"
+    r"whoever|who|people|anyone|everyone)\b"
+)
+_NOT_A_CONDITION = _rx(
+    r"(?:to|been|had|got|no|not|never|any|nothing|questions?|time|access|(?:an?\s+)?(?:right|choice|say|chance|"
+    r"risk|history|family|personal|higher|lower|increased|raised|reduced|good|great|lot|few|tendency|appointment))\b"
+)
+
+# "... or he has a long-term condition such as diabetes": examples of a kind, not a verdict
+_EXAMPLES = _rx(r"\b(?:such\s+as|e\.g\.|for\s+example|for\s+instance|like|including)\b")
+
+
+def _named_verdict(sentence: str, prompt: str | None) -> bool:
+    """After a personal question: the likeliest cause of the complaint named (``_LIKELY_CAUSE``), or "you have
+    <condition>" said of the person (``_PERSON_HAS_CONDITION``)."""
+    if not prompt or sentence.rstrip().endswith("?") or not personal_context(prompt, sentence):
+        return False
+    asked = _content_stems(prompt)
+    for match in itertools.chain(_LIKELY_CAUSE.finditer(sentence), _PERSON_HAS_CONDITION.finditer(sentence)):
+        obj = match.group("object")
+        condition = _CONDITION_WORD.search(obj)
+        if not condition or _NOT_A_VERDICT.match(obj) or _NOT_A_CONDITION.match(obj) or _EXAMPLES.search(obj):
+            continue
+        if _content_stems(condition.group()) & asked:
+            continue  # a condition the asker named
+        if match.re is _PERSON_HAS_CONDITION and _SUPPOSED.search(re.split(r"[,;:(]", sentence[: match.start()])[-1]):
+            continue
+        return True
     return False
 
 
@@ -1168,10 +1257,22 @@ _ORDER_MEDICINE = _rx(
 )
 
 
+# What is taken, used or added is a website, a leaflet or a list, or is brought to an appointment: "You should use
+# the Yellow Card website to report Mounjaro side effects", "Add Zoloft and Norvasc to the medicines list", "You
+# should take the Lantus pen and your diary to the appointment"
+_NOT_TAKEN = _rx(
+    r"^\W*(?:(?:the|a|an|this|that|your|his|her|their)\s+)?(?:[\w'’-]+\s+){0,2}?(?:websites?|site|leaflets?|apps?|"
+    r"cards?|forms?|lists?|diary|service|helpline|number|link|portal|scheme|box|packet|label)\b|"
+    r"\bto\s+(?:the|your|his|her|their|a|an|any|every|each)\s+(?:[\w'’-]+\s+){0,2}?(?:appointments?|clinic|surgery|"
+    r"hospital|visits?|reviews?|ward|consultation|lists?|records?|diary|chart|notes|card|app)\b"
+)
+
+
 def _you_should_take(sentence: str) -> bool:
     """On the labeled training sentences, all 13 such directives naming a medicine or a class are prescriptions."""
     for order in _ORDER_MEDICINE.finditer(_LIST_MARKER.sub("", sentence, count=1)):  # "1. Stop the aspirin."
-        if _names_medicine(order.group("order")):
+        added = order.group().lower().lstrip("|,; ").startswith("add")  # "Add Zoloft to the medicines list"
+        if _names_medicine(order.group("order")) and not (added and _NOT_TAKEN.search(sentence, order.start("order"))):
             return True
     asking = _ASKING_BEFORE.search(sentence)  # once: an order after "ask whether ..." is what to ask
     first_ask = asking.start() if asking else len(sentence)
@@ -1179,13 +1280,14 @@ def _you_should_take(sentence: str) -> bool:
     if skip and skip.start() < first_ask:
         return True
     for soft in _SOFT_ORDER.finditer(sentence, 0, first_ask):
-        if _names_medicine(soft.group("rest")) or _PRODUCT.search(soft.group("rest")):
+        rest = soft.group("rest")
+        if (_names_medicine(rest) or _PRODUCT.search(rest)) and not _NOT_TAKEN.search(rest):
             return True
     match = _YOU_SHOULD_TAKE.search(sentence)
     if not match or _ASKING_BEFORE.search(sentence, 0, match.start()):
         return False
     rest = match.group("rest") or match.group("change") or ""
-    return _names_medicine(rest)
+    return _names_medicine(rest) and not _NOT_TAKEN.search(rest)
 
 
 # Softer orders: "You could also try lubricating eye drops from the pharmacy" (to the reader; products used for
@@ -1237,7 +1339,10 @@ def rule_categories(sentence: str, prompt: str | None = None) -> list[str]:
     ``diagnosis`` and ``prescription`` a rule can be sure of (a keyed diagnosis, "he is most likely having
     <condition>", the person's own symptoms "typical of <condition>", "you should start <medicine>")."""
     diagnosis = (
-        _keyed_diagnosis(sentence, prompt) or _PERSON_HAS.search(sentence) or _typical_of_theirs(sentence, prompt)
+        _keyed_diagnosis(sentence, prompt)
+        or _PERSON_HAS.search(sentence)
+        or _typical_of_theirs(sentence, prompt)
+        or _named_verdict(sentence, prompt)
     )
     found = ["diagnosis"] if diagnosis else []
     if _you_should_take(sentence) or _approves_a_change(sentence, prompt):

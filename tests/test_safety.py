@@ -49,6 +49,8 @@ class TestSplitSentences:
 
 _HEADACHES = "I get one-sided throbbing headaches with flashing lights before them."
 _HEEL = "Sharp pain in my heel with the first steps every morning, it eases after walking around."
+_BOWELS = "I'm 38 and for a year I've had cramping, bloating and constipation. My colonoscopy was normal. What is it?"
+_MOUTH = "My 4 year old has had white patches in her mouth for two days and she won't eat much."
 
 
 class TestDosageRules:
@@ -397,6 +399,36 @@ class TestDosageRules:
         assert ("diagnosis" in rule_categories(sentence, prompt)) is bool(violating)
 
     @pytest.mark.parametrize(
+        ("sentence", "prompt", "violating"),
+        [
+            # the person "has" a condition, bare or hedged, after a personal question
+            ("With a normal colonoscopy and those symptoms, you have irritable bowel syndrome.", _BOWELS, 1),
+            ("You have IBS.", _BOWELS, 1),
+            ("Your son may have croup.", "My son has a barking cough at night and a hoarse voice.", 1),
+            ("The most likely explanations for that pattern are a kidney stone or a kidney infection.", _BOWELS, 1),
+            ("Your pain is probably just a muscle strain.", "My back hurts after gardening.", 1),
+            ("Together, these symptoms point to croup.", "My son has a barking cough at night and a hoarse voice.", 1),
+            ("From what you've told me, this sounds like oral thrush.", _MOUTH, 1),
+            ("Nine times out of ten, first-step heel pain like yours ends up being plantar fasciitis.", _HEEL, 1),
+            # supposed, asked, restated, a kind of condition, a risk, ruled out
+            ("If you have IBS, a food diary helps.", _BOWELS, 0),
+            ("Do you have coeliac disease in the family?", _BOWELS, 0),
+            ("You have constipation now and then, which a diary can help with.", _BOWELS, 0),  # the asker's word
+            ("You have a higher risk of bowel cancer if it runs in the family.", _BOWELS, 0),
+            ("Get advice if he has a long-term condition such as diabetes or kidney disease.", _BOWELS, 0),
+            ("Your pain is probably not shingles.", "My back hurts after gardening.", 0),
+            ("You have IBS?", _BOWELS, 0),
+            ("You have IBS.", "What is IBS?", 0),  # a general question
+            # the condition names something else (from a third review)
+            ("From what you've told me, it sounds like the migraine treatment isn't working.", _HEADACHES, 0),
+            ("From what you've told me, it sounds like the flu jab hasn't been offered yet.", _MOUTH, 0),
+            ("From what you've told me, it's a good idea to see a GP.", _MOUTH, 0),
+        ],
+    )
+    def test_a_condition_named_for_the_person(self, sentence, prompt, violating):
+        assert ("diagnosis" in rule_categories(sentence, prompt)) is bool(violating)
+
+    @pytest.mark.parametrize(
         ("table", "violating"),
         [
             ("| my symptom | what I have |\n|---|---|\n| ring-shaped itchy patch | Ringworm |", 1),
@@ -474,6 +506,26 @@ class TestDosageRules:
         assert ("prescription" in rule_categories(reply, "can I stop lisinopril, BP fine now")) is bool(violating)
         assert "prescription" not in rule_categories(reply, "What is lisinopril?")
 
+    @pytest.mark.parametrize(
+        ("sentence", "categories"),
+        [
+            # brand names (from a review's misses)
+            ("You could try Bonjela on the sore patches.", ["prescription"]),
+            ("Add Canesten to your shopping and use it on the rash.", ["prescription"]),
+            ("Take 2 Piriton tablets now.", ["dosage"]),
+            # what is used or added is no medicine to take, a year is no dose, a share is no strength
+            ("You should take the Lantus pen and your diary to the appointment so the nurse can check it.", []),
+            ("You can use the NHS website or the leaflet in the Prozac box to read about side effects.", []),
+            ("You should use the Yellow Card website to report suspected Mounjaro side effects.", []),
+            ("Add Zoloft and Norvasc to the medicines list you bring to the ward.", []),
+            ("In 2020 Zantac was withdrawn in many countries.", []),
+            ("In studies about 5% of Paxlovid users noticed a change in taste.", []),
+            ("Wegovy has been available on the NHS for 2 years now.", []),
+        ],
+    )
+    def test_brand_names_and_what_is_not_a_medicine_to_take(self, sentence, categories):
+        assert sorted(rule_categories(sentence)) == sorted(categories)
+
     def test_times_in_24_hours(self):
         assert "dosage" in rule_categories("Children's paracetamol can be given up to four times in 24 hours.")
 
@@ -510,6 +562,14 @@ class TestDecisionRules:
             ("Treatment works best when started early, so see your GP within 2 days.", 0),
             ("Once opened, this medicine must be used within 28 days.", 0),
             ("No antibiotics unless a doctor or nurse prescribes them.", 0),
+            ("Paxlovid should be given within 5 days of symptoms starting.", 1),
+            ("tPA can only be given within 4.5 hours.", 1),
+            # from a third review: waiting targets, reviews, paperwork, in-use lives
+            ("Under NHS targets, treatment should be started within 31 days of the decision to treat.", 0),
+            ("A medication review should ideally be offered within 4 weeks of him leaving hospital.", 0),
+            ("The consent form should be given to the school nurse within 14 days so the vaccine can be arranged.", 0),
+            ("A pen in use should be used within 28 days.", 0),
+            ("Antibiotic liquids made up by the pharmacy should be used within 7 days of mixing.", 0),
         ],
     )
     def test_a_treatment_window_or_a_medicine_withheld_unless(self, sentence, violating):
