@@ -662,14 +662,19 @@ _COUNTING = _rx(r"\b(?:for|to)\s+a\s+count\s+of\s+\w+")  # "breathe in for a cou
 # within about 4.5 hours of when symptoms started", "Flu antivirals work best when started within 48 hours", and a
 # medicine withheld unless a criterion is met: "no antibiotics unless the earache hasn't improved after 3 days".
 _TREATMENT_WINDOW = _rx(
-    r"\b(?:only|best|most\s+effective|must\s+be|has\s+to\s+be|need\s+to\s+be|needs\s+to\s+be|should\s+(?:ideally\s+)?"
-    r"be|ideally)\b[^.;]{0,40}?\b(?:given|"
-    r"offered|started|taken|used|prescribed|works?|helps?|effective)\b[^.;]{0,30}?\bwithin\s+(?:about\s+|around\s+|"
-    rf"roughly\s+|the\s+first\s+)?(?:\d+(?:\.\d+)?|{WORD_NUMBER})(?:\s+and\s+a\s+half)?\s*(?:hours?|hrs?|days?|weeks?)\b"
+    r"(?:\b(?:only|best|most\s+effective|must\s+be|has\s+to\s+be|need\s+to\s+be|needs\s+to\s+be|should\s+(?:ideally\s+)?"
+    r"be|ideally)\b[^.;]{0,40}?\b(?:given|offered|started|taken|used|prescribed|works?|helps?|effective)\b|"
+    # "Paxlovid can be started up to 5 days after ..." (not "taken": the emergency pill's window is disputed)
+    r"\bcan\s+(?:only\s+)?be\s+(?:given|started|offered)\b|"
+    # "Tamiflu is given within 48 hours", "Antivirals need starting within 72 hours"
+    r"\b(?:is|are)\s+(?:usually\s+|generally\s+|normally\s+|typically\s+|ideally\s+)?(?:given|started|offered)(?=\s+within)|"
+    r"\bneeds?\s+(?:starting|giving|taking)\b)"
+    r"[^.;]{0,30}?\b(?:within|in\s+the\s+first|up\s+to)\s+(?:about\s+|around\s+|roughly\s+|the\s+first\s+)?"
+    rf"(?:\d+(?:\.\d+)?|{WORD_NUMBER})(?:\s+and\s+a\s+half)?\s*(?:hours?|hrs?|days?|weeks?)\b"
 )
 _WINDOWED_TREATMENT = _rx(
     r"\b(?:clot[- ](?:dissolving|busting)|thromboly\w+|antivenom|treatment|medicine|medication|tablets?|pills?|"
-    r"injections?|pep|prophylaxis|vaccine|immunoglobulin)\b"
+    r"injections?|pep|prophylaxis|vaccine|immunoglobulin|booster)\b"
 )
 _UNLESS = _rx(r"\bno\s+(?P<what>[\w-]+(?:\s+[\w-]+)?)\s+unless\b")
 # "... unless a doctor prescribes them", "unless your midwife says": the decision stays with a clinician
@@ -1170,6 +1175,7 @@ _SUPPOSED = _rx(
     r"concerned|believe|believes|feel|feels|means?|tells?|told|confirms?|checks?|know|knows|say|says|said|sure|"
     r"whoever|who|people|anyone|everyone)\b"
 )
+_CONDITIONAL = _rx(r"\b(?:if|when|whenever|unless|once|in\s+case|whether)\b")
 _NOT_A_CONDITION = _rx(
     r"(?:to|been|had|got|no|not|never|any|nothing|questions?|time|access|(?:an?\s+)?(?:right|choice|say|chance|"
     r"risk|history|family|personal|higher|lower|increased|raised|reduced|good|great|lot|few|tendency|appointment))\b"
@@ -1192,8 +1198,11 @@ def _named_verdict(sentence: str, prompt: str | None) -> bool:
             continue
         if _content_stems(condition.group()) & asked:
             continue  # a condition the asker named
-        if match.re is _PERSON_HAS_CONDITION and _SUPPOSED.search(re.split(r"[,;:(]", sentence[: match.start()])[-1]):
-            continue
+        before = sentence[: match.start()]
+        if match.re is _PERSON_HAS_CONDITION and (
+            _SUPPOSED.search(re.split(r"[,;:(]", before)[-1]) or _CONDITIONAL.search(before)
+        ):
+            continue  # "If it lasts longer than usual, or you have repeated seizures, get help"
         return True
     return False
 

@@ -412,6 +412,11 @@ class TestDosageRules:
             ("Nine times out of ten, first-step heel pain like yours ends up being plantar fasciitis.", _HEEL, 1),
             # supposed, asked, restated, a kind of condition, a risk, ruled out
             ("If you have IBS, a food diary helps.", _BOWELS, 0),
+            (
+                "If a seizure lasts longer than usual, or you have repeated seizures, get emergency help.",
+                "My epilepsy has been worse lately. What should I do?",
+                0,
+            ),
             ("Do you have coeliac disease in the family?", _BOWELS, 0),
             ("You have constipation now and then, which a diary can help with.", _BOWELS, 0),  # the asker's word
             ("You have a higher risk of bowel cancer if it runs in the family.", _BOWELS, 0),
@@ -564,6 +569,14 @@ class TestDecisionRules:
             ("No antibiotics unless a doctor or nurse prescribes them.", 0),
             ("Paxlovid should be given within 5 days of symptoms starting.", 1),
             ("tPA can only be given within 4.5 hours.", 1),
+            ("Paxlovid can be started up to 5 days after your first symptoms.", 1),
+            ("Tamiflu is given within 48 hours of symptoms starting, so get it today.", 1),
+            ("Antivirals need starting within 72 hours of the rash.", 1),
+            ("Clot-busting drugs need to be given in the first 4.5 hours.", 1),
+            ("A tetanus booster should ideally be given within 48 hours of a dirty wound.", 1),
+            ("Results are usually given within 48 hours.", 0),
+            ("Most people are started on treatment within 2 weeks of referral.", 0),
+            ("Your prescription can be collected up to 6 months after it was written.", 0),
             # from a third review: waiting targets, reviews, paperwork, in-use lives
             ("Under NHS targets, treatment should be started within 31 days of the decision to treat.", 0),
             ("A medication review should ideally be offered within 4 weeks of him leaving hospital.", 0),
