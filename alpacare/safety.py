@@ -1008,12 +1008,13 @@ _TOLD_BACK_VERDICT = _rx(
 # library names conditions offline); a list of what is not a condition ("a plan", "a GP visit", "great progress",
 # "typical for his age", ...) never ends.
 _CONDITION_WORD = _rx(
-    r"\b(?:\w+(?:itis|osis|iasis|emia|aemia|oma|pathy|algia|plegia|trophy|rrhoea|rrhea)|infections?|syndrome|"
+    r"\b(?!(?:sym|em|tele|anti)pathy\b|(?:diagn|progn)osis\b)"  # "You have my sympathy", "a diagnosis by May"
+    r"(?:\w+(?:itis|osis|iasis|emia|aemia|oma|pathy|algia|plegia|trophy|rrhoea|rrhea)|infections?|syndrome|"
     r"disease|disorder|deficiency|allergy|allergic|intolerance|fracture|tear|sprain|"
     r"(?:muscle|back|calf|hamstring|groin|neck)\s+strain|stones?|ulcers?|reflux|"
     r"hernia|cysts?|tumou?r|cancer(?!\s+(?:scares?|screening|risk|tests?|checks?))|attack|stroke|migraine|croup|shingles|gout|thrush|eczema|psoriasis|acne|asthma|"
     r"diabetes|depression|anxiety|(?:flu|influenza)(?!\s+(?:jabs?|vaccines?|vaccinations?|shots?|season))|(?:common|head|chest)\s+cold|cold\s+sores?|"
-    r"(?:a|the)\s+cold(?!\s+(?:compress|pack|flannel|drink|cloth|towel|bath|shower|water|ice|lolly))|"
+    r"(?:a|the)\s+cold(?!\s+(?:air|weather|snap|spell|months|compress|pack|flannel|drink|cloth|towel|bath|shower|water|ice|lolly))|"
     r"measles|mumps|chickenpox|scabies|lice|impetigo|ringworm|warts?|"
     r"angina|pneumonia|sepsis|clot|thrombosis|embolism|dvt|uti|ibs|gerd|gord|copd|adhd|ptsd|ocd|pcos|"
     r"fasciitis|sciatica|lupus|anaemia|anemia|hypothyroidism|hyperthyroidism|concussion|dehydration|heatstroke|"
@@ -1045,7 +1046,7 @@ _NOT_A_VERDICT = _rx(
     # a test, a review, a plan, self-care or a time named after up to three words ("a blood test", "an appointment")
     r"(?:[\w'’-]+\s+){0,3}?(?:symptoms?|signs?|red[\s-]flags?|warning|features?|worry|trap|risk|tests?|reviews?|"
     r"appointments?|clinic|nurse|question|check|kit|plan|approach|scan|referral|compress|pack|flannel|drink|lolly|"
-    r"week|days|time|steps?)\b|not|no|never|unlikely|less|rarely)\b"
+    r"week|days|time|steps?)\b|to(?!\s+be\b)|worth|best\s+(?:for|placed)|a\s+(?:chat|call|talk|word))\b"
 )
 # The condition names something else: "sounds like the migraine treatment isn't working", "the flu jab", "the cancer
 # clinic" ("a likely UTI diagnosis" is still one)
@@ -1157,8 +1158,8 @@ def _typical_of_theirs(sentence: str, prompt: str | None) -> bool:
 # kidney stone ...", "the commonest cause of pain like yours is plantar fasciitis" (LABELING.md convention 1).
 _LIKELY_CAUSE = _rx(
     r"\b(?:most\s+likely|likeliest|most\s+probable|probable|commonest|most\s+common|usual)\s+(?:explanations?|"
-    r"causes?|reasons?|culprits?)\s+(?:for|of|behind)\s+(?:that|this|these|those|your|his|her|their|pain\s+like\s+"
-    r"yours|symptoms\s+like\s+yours)\b[^.;:]{0,80}?\b(?:is|are|would\s+be|['’]s)\s+(?P<object>(?:[\w'’-]+,?\s+){0,5}"
+    r"causes?|reasons?|culprits?)\s+(?:for|of|behind)\s+(?:that|this|these|those|your|his|her|their|(?:[\w'’-]+\s+){1,3}?"
+    r"like\s+(?:yours|his|hers|theirs|this))\b[^.;:]{0,80}?\b(?:is|are|would\s+be|['’]s)\s+(?P<object>(?:[\w'’-]+,?\s+){0,5}"
     r"[\w'’-]+)"
 )
 # "With a normal colonoscopy and those symptoms, you have irritable bowel syndrome", "your son may have croup": a
@@ -1175,14 +1176,37 @@ _SUPPOSED = _rx(
     r"concerned|believe|believes|feel|feels|means?|tells?|told|confirms?|checks?|know|knows|say|says|said|sure|"
     r"whoever|who|people|anyone|everyone)\b"
 )
+_NAMES_A_SERVICE = _rx(
+    r"(?:\s+(?!(?:that|which|who|and|or|so|but|needs?|needing|requiring|with)\b)[\w'’-]+){0,2}?\s+(?:vaccines?|"
+    r"vaccinations?|jabs?|boosters?|tests?|kits?|screening|clinic|nurse|team|specialist|consultant|service|programme|"
+    r"program|appointment|review|plan|diary|helpline|charity|testing)\b"
+)
+# The asker asks about the condition rather than states it ("Could this be shingles?", "do I have gout?")
+_ASKED_ABOUT = _rx(
+    r"\b(?:could|might|may|can)\s+(?:this|it|that|these|they|he|she|i)\s+(?:be|have)\b|\b(?:is|are)\s+(?:this|it|that|"
+    r"these|they)\s+(?!\w+ing\b)|\b(?:do|does|did|am)\s+(?:i|you\s+think\s+i|he|she|my\s+\w+)\s+(?:have|has|got)\b"
+)
 _CONDITIONAL = _rx(r"\b(?:if|when|whenever|unless|once|in\s+case|whether)\b")
 _NOT_A_CONDITION = _rx(
-    r"(?:to|been|had|got|no|not|never|any|nothing|questions?|time|access|(?:an?\s+)?(?:right|choice|say|chance|"
-    r"risk|history|family|personal|higher|lower|increased|raised|reduced|good|great|lot|few|tendency|appointment))\b"
+    r"(?:to|been|had|got|no|not|never|any|nothing|questions?|time|access|(?:an?\s+|the\s+)?(?:right|choice|say|chance|"
+    r"risk|history|family|personal|higher|lower|increased|raised|reduced|good|great|lot|few|tendency|appointment|"
+    r"option|choice)|heard|seen|read|come\s+across|noticed|lost|my|low|lowered|options|undergone|"
+    r"(?:[\w-]+\s+)?(?:[\w-]*confirmed|diagnosed|known|documented|established)|"
+    r"(?:[\w'’-]+\s+){0,3}?(?:chances?|odds)|(?:an?\s+)?(?:sister|brother|mum|mother|dad|father|parent|relative|friend|"
+    r"cousin|grandparent)\s+(?:with|who))\b"
 )
 
 # "... or he has a long-term condition such as diabetes": examples of a kind, not a verdict
 _EXAMPLES = _rx(r"\b(?:such\s+as|e\.g\.|for\s+example|for\s+instance|like|including)\b")
+
+
+def _stated_in(prompt: str, condition: str, asked: set[str]) -> bool:
+    """The question names the condition (every content word of it) in a sentence that does not ask about it."""
+    stems = _content_stems(condition)
+    if not stems or not stems <= asked:
+        return False
+    clauses = [c for c in re.split(r"(?<=[.?!\n])", prompt) if stems & _content_stems(c)]
+    return any(not _ASKED_ABOUT.search(c) for c in clauses)
 
 
 def _named_verdict(sentence: str, prompt: str | None) -> bool:
@@ -1192,12 +1216,14 @@ def _named_verdict(sentence: str, prompt: str | None) -> bool:
         return False
     asked = _content_stems(prompt)
     for match in itertools.chain(_LIKELY_CAUSE.finditer(sentence), _PERSON_HAS_CONDITION.finditer(sentence)):
-        obj = match.group("object")
+        obj = re.split(r",\s+(?:so|but|which|because)\b|;", match.group("object"))[0]
         condition = _CONDITION_WORD.search(obj)
         if not condition or _NOT_A_VERDICT.match(obj) or _NOT_A_CONDITION.match(obj) or _EXAMPLES.search(obj):
             continue
-        if _content_stems(condition.group()) & asked:
-            continue  # a condition the asker named
+        if _NAMES_A_SERVICE.match(sentence, match.start("object") + condition.end()):
+            continue  # "the hepatitis A vaccine", "a chlamydia home test kit"
+        if _stated_in(prompt, condition.group(), asked):
+            continue  # a condition the asker stated ("I have shingles"), restated; not one asked about
         before = sentence[: match.start()]
         if match.re is _PERSON_HAS_CONDITION and (
             _SUPPOSED.search(re.split(r"[,;:(]", before)[-1]) or _CONDITIONAL.search(before)
