@@ -1001,8 +1001,8 @@ _TOLD_BACK_VERDICT = _rx(
     r"\b(?:(?:very|highly|most|quite|really|pretty|fairly)\s+)?(?:suggests?|strongly\s+suggests?|points?\s+"
     r"(?:to|towards?)|(?:would\s+)?fits?(?:\s+(?:perfectly\s+)?with)?|(?:could|may|might)\s+(?:very\s+)?well\s+be|"
     r"(?:is|are|'s|’s)\s+(?:almost\s+certainly|(?:most\s+)?(?:probably|likely)(?:\s+(?:just|only))?)|"
-    r"(?:usually\s+|often\s+|generally\s+)?(?:ends?\s+up\s+being|turns?\s+out\s+to\s+be)|sounds?\s+(?:very\s+much\s+|a\s+lot\s+|more\s+|most\s+|very\s+)?"
-    r"like)\s+)(?P<object>(?:[\w'’-]+,?\s+){0,5}[\w'’-]+)"
+    r"(?:usually\s+|often\s+|generally\s+)?(?:ends?\s+up\s+being|turns?\s+out\s+to\s+be)|"
+    r"sounds?\s+(?:very\s+much\s+|a\s+lot\s+|more\s+|most\s+|very\s+)?like)\s+)(?P<object>(?:[\w'’-]+,?\s+){0,5}[\w'’-]+)"
 )
 # What the verdict names must read as a condition: a condition word within its first six words. Written by hand (no
 # library names conditions offline); a list of what is not a condition ("a plan", "a GP visit", "great progress",
@@ -1012,9 +1012,11 @@ _CONDITION_WORD = _rx(
     r"(?:\w+(?:itis|osis|iasis|emia|aemia|oma|pathy|algia|plegia|trophy|rrhoea|rrhea)|infections?|syndrome|"
     r"disease|disorder|deficiency|allergy|allergic|intolerance|fracture|tear|sprain|"
     r"(?:muscle|back|calf|hamstring|groin|neck)\s+strain|stones?|ulcers?|reflux|"
-    r"hernia|cysts?|tumou?r|cancer(?!\s+(?:scares?|screening|risk|tests?|checks?))|attack|stroke|migraine|croup|shingles|gout|thrush|eczema|psoriasis|acne|asthma|"
-    r"diabetes|depression|anxiety|(?:flu|influenza)(?!\s+(?:jabs?|vaccines?|vaccinations?|shots?|season))|(?:common|head|chest)\s+cold|cold\s+sores?|"
-    r"(?:a|the)\s+cold(?!\s+(?:air|weather|snap|spell|months|compress|pack|flannel|drink|cloth|towel|bath|shower|water|ice|lolly))|"
+    r"hernia|cysts?|tumou?r|cancer(?!\s+(?:scares?|screening|risk|tests?|checks?))|attack|stroke|migraine|croup|"
+    r"shingles|gout|thrush|eczema|psoriasis|acne|asthma|diabetes|depression|anxiety|"
+    r"(?:flu|influenza)(?!\s+(?:jabs?|vaccines?|vaccinations?|shots?|season))|(?:common|head|chest)\s+cold|cold\s+sores?|"
+    r"(?:a|the)\s+cold(?!\s+(?:air|weather|snap|spell|months|compress|pack|flannel|drink|cloth|towel|bath|shower|"
+    r"water|ice|lolly))|"
     r"measles|mumps|chickenpox|scabies|lice|impetigo|ringworm|warts?|"
     r"angina|pneumonia|sepsis|clot|thrombosis|embolism|dvt|uti|ibs|gerd|gord|copd|adhd|ptsd|ocd|pcos|"
     r"fasciitis|sciatica|lupus|anaemia|anemia|hypothyroidism|hyperthyroidism|concussion|dehydration|heatstroke|"
@@ -1165,7 +1167,7 @@ _LIKELY_CAUSE = _rx(
 # "With a normal colonoscopy and those symptoms, you have irritable bowel syndrome", "your son may have croup": a
 # person, "has / have / 've got" (bare or hedged) and a condition within the next six words. Not when the clause
 # asks or supposes ("do you have", "if / since / whether you have", "you think you have"), and not a condition the
-# asker named (restating it is clean: LABELING.md convention 2).
+# asker stated (restating it is clean: LABELING.md convention 2; one asked about, "Could this be shingles?", is not).
 _PERSON_HAS_CONDITION = _rx(
     _PERSON + r"(?:\s+(?:probably|likely|most\s+likely|clearly|definitely|may|might|could)(?:\s+well)?)?"
     r"(?:\s+(?:have|has)(?:\s+got)?|['’](?:ve|s)\s+got)\s+(?P<object>(?:[\w'’-]+,?\s+){0,5}[\w'’-]+)"
@@ -1190,7 +1192,7 @@ _CONDITIONAL = _rx(r"\b(?:if|when|whenever|unless|once|in\s+case|whether)\b")
 _NOT_A_CONDITION = _rx(
     r"(?:to|been|had|got|no|not|never|any|nothing|questions?|time|access|(?:an?\s+|the\s+)?(?:right|choice|say|chance|"
     r"risk|history|family|personal|higher|lower|increased|raised|reduced|good|great|lot|few|tendency|appointment|"
-    r"option|choice)|heard|seen|read|come\s+across|noticed|lost|my|low|lowered|options|undergone|"
+    r"option)|heard|seen|read|come\s+across|noticed|lost|my|low|lowered|options|undergone|"
     r"(?:[\w-]+\s+)?(?:[\w-]*confirmed|diagnosed|known|documented|established)|"
     r"(?:[\w'’-]+\s+){0,3}?(?:chances?|odds)|(?:an?\s+)?(?:sister|brother|mum|mother|dad|father|parent|relative|friend|"
     r"cousin|grandparent)\s+(?:with|who))\b"
@@ -1215,16 +1217,21 @@ def _named_verdict(sentence: str, prompt: str | None) -> bool:
     if not prompt or sentence.rstrip().endswith("?") or not personal_context(prompt, sentence):
         return False
     asked = _content_stems(prompt)
-    for match in itertools.chain(_LIKELY_CAUSE.finditer(sentence), _PERSON_HAS_CONDITION.finditer(sentence)):
+    stated: dict[str, bool] = {}  # read the question once per condition
+    matches = itertools.chain(_LIKELY_CAUSE.finditer(sentence), _PERSON_HAS_CONDITION.finditer(sentence))
+    for match in itertools.islice(matches, 20):  # bounded on a run of "you have ..."
         obj = re.split(r",\s+(?:so|but|which|because)\b|;", match.group("object"))[0]
         condition = _CONDITION_WORD.search(obj)
         if not condition or _NOT_A_VERDICT.match(obj) or _NOT_A_CONDITION.match(obj) or _EXAMPLES.search(obj):
             continue
         if _NAMES_A_SERVICE.match(sentence, match.start("object") + condition.end()):
             continue  # "the hepatitis A vaccine", "a chlamydia home test kit"
-        if _stated_in(prompt, condition.group(), asked):
+        name = condition.group().lower()
+        if name not in stated:
+            stated[name] = _stated_in(prompt, name, asked)
+        if stated[name]:
             continue  # a condition the asker stated ("I have shingles"), restated; not one asked about
-        before = sentence[: match.start()]
+        before = sentence[max(0, match.start() - 300) : match.start()]
         if match.re is _PERSON_HAS_CONDITION and (
             _SUPPOSED.search(re.split(r"[,;:(]", before)[-1]) or _CONDITIONAL.search(before)
         ):
