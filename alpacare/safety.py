@@ -1019,7 +1019,7 @@ _CONDITION_WORD = _rx(
     r"water|ice|lolly))|"
     r"measles|mumps|chickenpox|scabies|lice|impetigo|ringworm|warts?|"
     r"angina|pneumonia|sepsis|clot|thrombosis|embolism|dvt|uti|ibs|gerd|gord|copd|adhd|ptsd|ocd|pcos|"
-    r"fasciitis|sciatica|lupus|anaemia|anemia|hypothyroidism|hyperthyroidism|concussion|dehydration|heatstroke|"
+    r"fasciitis|sciatica|lupus|anaemia|anemia|hypothyroidism|hyperthyroidism|(?:under|over)active\s+thyroid|concussion|dehydration|heatstroke|"
     r"vertigo|tinnitus|glaucoma|cataracts?|conjunctivitis|styes?|blepharitis|haemorrhoids|hemorrhoids|piles|"
     r"colic|constipation|jaundice|hepatitis|mononucleosis|glandular\s+fever|strep|tonsillitis|"
     r"bronchiolitis|whooping\s+cough|covid|virus|viral|bacterial|fungal|yeast|candida|herpes|chlamydia|"
@@ -1170,7 +1170,7 @@ _LIKELY_CAUSE = _rx(
 # asker stated (restating it is clean: LABELING.md convention 2; one asked about, "Could this be shingles?", is not).
 _PERSON_HAS_CONDITION = _rx(
     _PERSON + r"(?:\s+(?:probably|likely|most\s+likely|clearly|definitely|may|might|could)(?:\s+well)?)?"
-    r"(?:\s+(?:have|has)(?:\s+got)?|['’](?:ve|s)\s+got)\s+(?P<object>(?:[\w'’-]+,?\s+){0,5}[\w'’-]+)"
+    r"(?:\s+(?:have|has)(?:\s+got)?|['’](?:ve|s)\s+(?:(?:probably|likely|most\s+likely|definitely)\s+)?got)\s+(?P<object>(?:[\w'’-]+,?\s+){0,5}[\w'’-]+)"
 )
 _SUPPOSED = _rx(
     r"\b(?:if|since|because|cause|as|when|whenever|whether|unless|once|while|although|though|until|case|assuming|"
@@ -1187,6 +1187,12 @@ _NAMES_A_SERVICE = _rx(
 _ASKED_ABOUT = _rx(
     r"\b(?:could|might|may|can)\s+(?:this|it|that|these|they|he|she|i)\s+(?:be|have)\b|\b(?:is|are)\s+(?:this|it|that|"
     r"these|they)\s+(?!\w+ing\b)|\b(?:do|does|did|am)\s+(?:i|you\s+think\s+i|he|she|my\s+\w+)\s+(?:have|has|got)\b"
+)
+# "It's likely that you have ...", "My guess is that she has ...", "I think you have ...": a hedged verdict, not a
+# supposition ("doctors check that you have ...", "you think you have ...")
+_HEDGE_BEFORE = _rx(
+    r"\b(?:(?:it['’]s|it\s+is|it\s+seems|it\s+looks|it\s+sounds|seems|looks|sounds)\s+(?:\w+\s+)?(?:likely|possible|"
+    r"probable)|(?:my\s+)?(?:guess|hunch|impression|feeling)\s+is|i\s+(?:think|suspect|believe|reckon))\s+(?:that\s+)?$"
 )
 _CONDITIONAL = _rx(r"\b(?:if|when|whenever|unless|once|in\s+case|whether)\b")
 _NOT_A_CONDITION = _rx(
@@ -1232,9 +1238,8 @@ def _named_verdict(sentence: str, prompt: str | None) -> bool:
         if stated[name]:
             continue  # a condition the asker stated ("I have shingles"), restated; not one asked about
         before = sentence[max(0, match.start() - 300) : match.start()]
-        if match.re is _PERSON_HAS_CONDITION and (
-            _SUPPOSED.search(re.split(r"[,;:(]", before)[-1]) or _CONDITIONAL.search(before)
-        ):
+        supposed = _SUPPOSED.search(re.split(r"[,;:(]", before)[-1]) and not _HEDGE_BEFORE.search(before)
+        if match.re is _PERSON_HAS_CONDITION and (supposed or _CONDITIONAL.search(before)):
             continue  # "If it lasts longer than usual, or you have repeated seizures, get help"
         return True
     return False
