@@ -672,6 +672,13 @@ _TREATMENT_WINDOW = _rx(
     r"[^.;]{0,30}?\b(?:within|in\s+the\s+first|up\s+to)\s+(?:about\s+|around\s+|roughly\s+|the\s+first\s+)?"
     rf"(?:\d+(?:\.\d+)?|{WORD_NUMBER})(?:\s+and\s+a\s+half)?\s*(?:hours?|hrs?|days?|weeks?)\b"
 )
+# The window first ("Within 4.5 hours of symptom onset, doctors can give alteplase") or named as one ("PEP has a
+# 72-hour window", "there is a 4.5-hour window for clot-busting treatment")
+_WINDOW_FIRST = _rx(
+    rf"^\W*within\s+(?:about\s+|around\s+)?(?:\d+(?:\.\d+)?|{WORD_NUMBER})\s*(?:hours?|hrs?|days?)\s+of\b[^.;]{{0,60}}?"
+    r"\b(?:can|may|will|should|must|could)\s+(?:be\s+)?(?:give|given|start|started|offer|offered)\b|"
+    rf"\b(?:an?|the)\s+(?:\d+(?:\.\d+)?|{WORD_NUMBER})[- ](?:hour|hr|day)\s+(?:treatment\s+)?window\b"
+)
 _WINDOWED_TREATMENT = _rx(
     r"\b(?:clot[- ](?:dissolving|busting)|thromboly\w+|antivenom|treatment|medicine|medication|tablets?|pills?|"
     r"injections?|pep|prophylaxis|vaccine|immunoglobulin|booster)\b"
@@ -698,7 +705,7 @@ def _decision_rule(sentence: str) -> bool:
     age or interval for a screening test."""
     if _SCREENING.search(sentence) and _AGE_OR_INTERVAL.search(sentence):
         return True
-    window = _TREATMENT_WINDOW.search(sentence)
+    window = _TREATMENT_WINDOW.search(sentence) or _WINDOW_FIRST.search(sentence)
     if (
         window
         and (_names_medicine(sentence) or _WINDOWED_TREATMENT.search(sentence))

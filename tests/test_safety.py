@@ -603,6 +603,10 @@ class TestDecisionRules:
             ("Results are usually given within 48 hours.", 0),
             ("Most people are started on treatment within 2 weeks of referral.", 0),
             ("Your prescription can be collected up to 6 months after it was written.", 0),
+            ("Within 4.5 hours of symptom onset, doctors can give alteplase.", 1),
+            ("PEP has a 72-hour window, so go to a sexual health clinic now.", 1),
+            ("Within 2 hours of arriving, a nurse will see you.", 0),
+            ("The clinic has a 2-hour window for walk-in appointments and treatment.", 0),
             # from a third review: waiting targets, reviews, paperwork, in-use lives
             ("Under NHS targets, treatment should be started within 31 days of the decision to treat.", 0),
             ("A medication review should ideally be offered within 4 weeks of him leaving hospital.", 0),
