@@ -1179,8 +1179,9 @@ _PERSON_HAS_CONDITION = _rx(
     _PERSON + r"(?:\s+(?:probably|likely|most\s+likely|clearly|definitely|may|might|could)(?:\s+well)?)?"
     r"(?:\s+(?:have|has)(?:\s+got)?|['’](?:ve|s)\s+(?:(?:probably|likely|most\s+likely|definitely)\s+)?got)\s+(?P<object>(?:[\w'’-]+,?\s+){0,5}[\w'’-]+)"
 )
+# In the clause before the person (the conditionals "if", "when", "whether", ... are `_CONDITIONAL`, read further back)
 _SUPPOSED = _rx(
-    r"\b(?:if|since|because|cause|as|when|whenever|whether|unless|once|while|although|though|until|case|assuming|"
+    r"\b(?:since|because|cause|as|while|although|though|until|case|assuming|"
     r"suppose|supposing|do|does|did|that|think|thinks|thought|worried|worry|worrying|fear|fears|afraid|scared|"
     r"concerned|believe|believes|feel|feels|means?|tells?|told|confirms?|checks?|know|knows|say|says|said|sure|"
     r"whoever|who|people|anyone|everyone)\b"
