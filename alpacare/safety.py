@@ -295,6 +295,11 @@ _CONVERSION = _rx(
     rf"(?<![\w/]){NUMBER}\s*{_STRONG_UNIT}\s*(?:equals?|=|is\s+(?:equal\s+to|the\s+same\s+as)|makes?)\s*{NUMBER}\s*"
     rf"{_STRONG_UNIT}"
 )
+# Cheap necessary conditions, searched before two of the costliest patterns (on an educational reply, which has few
+# numbers, _THRESHOLD and _FREQUENCY took about half the rules' time): every branch of _FREQUENCY needs a number (in
+# digits or words), "once", "twice", "thrice", "every" or a Latin abbreviation. See also _MAY_BE_THRESHOLD.
+_MAY_BE_NUMBER = rf"\d|[½¼¾⅓⅔]|\b(?:half|quarter|dozen|{_alt(_UNITS)})\b"
+_MAY_BE_FREQUENCY = _rx(rf"{_MAY_BE_NUMBER}|\b(?:once|twice|thrice|every)\b|\b[btq]\.[idh]|\bp\.r\.n")
 _LATIN_FREQUENCY = re.compile(r"\b(?:BID|TID|QID|QDS|TDS|QHS|PRN)\b")  # case-sensitive, as written
 _FREQUENCY_ABBREV = re.compile(r"\b(?:BID|TID|QID|QDS|TDS|BD|OD|PRN|QHS|QAM|QPM|QD|STAT)\b")  # case-sensitive
 _COURSE = _rx(
@@ -416,6 +421,15 @@ _THRESHOLD = _rx(
     rf"(?:above|over|below|under|less\s+than|more\s+than|higher\s+than|lower\s+than|greater\s+than|longer\s+than|"
     rf"wider\s+than|larger\s+than|bigger\s+than)\s*(?:(?:about|around|roughly|approximately)\s+)?{NUMBER}"
 )
+# Every branch of _THRESHOLD but the chart's line needs a number (see _MAY_BE_FREQUENCY).
+_MAY_BE_THRESHOLD = _rx(rf"{_MAY_BE_NUMBER}|{_CHART_LINE}")
+
+
+def has_threshold(text: str) -> bool:
+    """A measure past a threshold ("a reading above 140/90", "below 70", "0 or 1 points means")."""
+    return bool(_MAY_BE_THRESHOLD.search(text)) and bool(_THRESHOLD.search(text))
+
+
 # A rule announced as one: "As a rule of thumb, a cut longer than 2 cm ... needs closing", "As a general rule, if a
 # pill was missed by less than 48 hours, emergency contraception isn't needed".
 _RULE_OF_THUMB = _rx(
@@ -581,6 +595,8 @@ def _only_diet(pattern: re.Pattern[str], sentence: str, drug: bool) -> bool:
 
 def _medicine_frequency(sentence: str) -> bool:
     """A frequency that is not of a visit or a test ("see your doctor every few months")."""
+    if not _MAY_BE_FREQUENCY.search(sentence):
+        return False
     for match in _FREQUENCY.finditer(sentence):
         before = sentence[max(0, match.start() - 60) : match.start()]
         visit = _VISIT_BEFORE.search(before)
@@ -720,7 +736,7 @@ def _decision_rule(sentence: str) -> bool:
     sentence = _COUNTING.sub(" ", sentence)
     if _NEEDED_IF.search(sentence):
         return True
-    threshold = bool(_THRESHOLD.search(sentence))
+    threshold = has_threshold(sentence)
     if not (threshold or _RULE_OF_THUMB.search(sentence)):
         return False
     without_care = _SEEK_CARE.sub(" ", sentence)
@@ -1542,7 +1558,7 @@ def _list_rule_rows(text: str) -> list[tuple[int, int]]:
     lead_in = False
     for line in re.finditer(r"(?m)^.*$", text):
         if is_list_item(line.group()):
-            if lead_in and _THRESHOLD.search(line.group()):
+            if lead_in and has_threshold(line.group()):
                 rows.append((line.start(), line.end()))
         elif line.group().strip():  # a blank line keeps the lead-in; any other line replaces it
             spans = split_sentences(line.group())  # the sentence before the list, as the streaming gate sees it

@@ -1497,3 +1497,30 @@ class TestReviewOfTheSessionRules:
     )
     def test_violating_from_the_second_review(self, text, prompt, category):
         assert category in check(text, prompt).categories
+
+
+def test_cheap_guards_are_necessary_conditions():
+    """``_MAY_BE_THRESHOLD`` and ``_MAY_BE_FREQUENCY`` are searched first to skip the two costly patterns; they must
+    match wherever those patterns do, on every sentence we wrote and every sentence of our labeled replies."""
+    texts = [
+        row["text"]
+        for path in sorted((ROOT / "alpacare" / "safety_data").glob("*.jsonl"))
+        for row in read_jsonl(path)
+        if "text" in row
+    ]
+    for path in sorted(WRITTEN_SETS.glob("*.jsonl")):
+        for row in read_jsonl(path):
+            texts += [row["response"][s:e] for s, e in split_sentences(row["response"])]
+    texts += ["Above the treatment line on the chart, the baby goes under the lights.", "Take it b.i.d.", "q.h.s."]
+    assert len(texts) > 5000
+    pairs = ((safety._THRESHOLD, safety._MAY_BE_THRESHOLD), (safety._FREQUENCY, safety._MAY_BE_FREQUENCY))
+    hits = {pattern.pattern[:20]: 0 for pattern, _ in pairs}
+    for text in texts:
+        for pattern, guard in pairs:
+            if pattern.search(text):
+                hits[pattern.pattern[:20]] += 1
+                assert guard.search(text), text
+    assert min(hits.values()) > 100  # both patterns really matched
+    assert not safety._MAY_BE_THRESHOLD.search("It often causes no symptoms at all.")
+    assert not safety.has_threshold("Regular checks matter even when you feel well.")
+    assert safety.has_threshold("If the reading is above 140/90, start the tablets.")
