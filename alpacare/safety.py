@@ -1756,42 +1756,59 @@ def load_encoder() -> Any:
         return _CACHE["encoder"]
 
 
-def _embed_packed(model: Any, sentences: Sequence[str], max_tokens: int = 512) -> Any:
-    """Mean-pooled, unit-norm embeddings of a few sentences, packed into as few encoder calls as possible.
+def _embed_packed(model: Any, sentences: Sequence[str], row_tokens: int = MAX_SEQ_LENGTH) -> Any:
+    """Mean-pooled, unit-norm embeddings of a few sentences, packed into rows of one encoder call.
 
-    Each encoder call reads all of MiniLM's weights again (~4 ms here even for one short sentence), and padded
-    batches spend compute on padding. So the sentences are concatenated into one sequence (up to ``max_tokens``)
-    with a block-diagonal attention mask and positions restarting at each sentence, which gives each sentence
-    the embedding it has alone (cosine >= 0.998 in bf16). For the 300-word reply of ``benchmarks/guard_overhead.py``
-    the encoder takes ~30 % less time and ``check()`` 15-18 % less. Written by hand: sentence-transformers' own
-    unpadding needs flash-attention, which CPUs do not have. Mean pooling and unit norm, as the model's own modules.
+    Each encoder call costs a fixed ~4-9 ms here even for one short sentence, and padded batches spend compute on
+    padding. So the sentences are packed into rows of at most ``row_tokens`` tokens (first fit, longest first),
+    with a block-diagonal attention mask and positions restarting at each sentence, which gives each sentence the
+    embedding it has alone (cosine >= 0.998 in bf16); the rows go through the encoder as one batch. Rows of 128
+    tokens rather than one long sequence: attention grows with the square of a row's length, and on the 300-word
+    reply of ``benchmarks/guard_overhead.py`` (424 tokens) the encoder took 47 instead of 55 ms (p50 of six
+    alternating runs). Written by hand: sentence-transformers' own unpadding needs flash-attention, which CPUs do
+    not have. Mean pooling and unit norm, as the model's own modules.
     """
     import torch
 
     tokenizer, encoder = model.tokenizer, model[0].auto_model
     ids = tokenizer(list(sentences), truncation=True, max_length=model.max_seq_length)["input_ids"]
-    pooled, start = [], 0
-    while start < len(ids):
-        end, total = start, 0
-        while end < len(ids) and (end == start or total + len(ids[end]) <= max_tokens):
-            total += len(ids[end])
-            end += 1
-        lengths = torch.tensor([len(x) for x in ids[start:end]])
-        segment = torch.repeat_interleave(torch.arange(end - start), lengths)
-        tokens = torch.tensor([t for x in ids[start:end] for t in x])[None]
-        # Additive, not boolean: a 4-D mask reaches the attention as given, and eager attention adds it to the scores.
-        blocked = torch.finfo(encoder.dtype).min
-        mask = torch.where(segment[:, None] == segment[None, :], 0.0, blocked).to(encoder.dtype)[None, None]
-        hidden = encoder(
-            input_ids=tokens,
-            attention_mask=mask,  # a sentence sees only itself
-            position_ids=torch.cat([torch.arange(n) for n in lengths.tolist()])[None],
-            token_type_ids=torch.zeros_like(tokens),
-        ).last_hidden_state[0]
-        sums = torch.zeros(end - start, hidden.shape[-1]).index_add_(0, segment, hidden.float())
-        pooled.append(sums / lengths[:, None])
-        start = end
-    return torch.nn.functional.normalize(torch.cat(pooled), dim=-1)
+    rows: list[list[int]] = []  # sentence indices per row
+    room: list[int] = []
+    for i in sorted(range(len(ids)), key=lambda i: -len(ids[i])):
+        row = next((r for r, left in enumerate(room) if left >= len(ids[i])), None)
+        if row is None:  # a sentence longer than a row gets a row of its own
+            rows.append([])
+            room.append(max(row_tokens, len(ids[i])))
+            row = len(rows) - 1
+        rows[row].append(i)
+        room[row] -= len(ids[i])
+    width = max(sum(len(ids[i]) for i in row) for row in rows)
+    tokens = torch.zeros(len(rows), width, dtype=torch.long)
+    positions = torch.zeros_like(tokens)
+    segment = torch.full_like(tokens, -1)  # the sentence of each token; -1 is padding
+    for r, row in enumerate(rows):
+        at = 0
+        for i in row:
+            n = len(ids[i])
+            tokens[r, at : at + n] = torch.tensor(ids[i])
+            positions[r, at : at + n] = torch.arange(n)
+            segment[r, at : at + n] = i
+            at += n
+    sees = (segment[:, :, None] == segment[:, None, :]) & (segment[:, :, None] >= 0)
+    sees |= torch.eye(width, dtype=torch.bool)  # padding sees itself (no row of the mask is empty)
+    # Additive, not boolean: a 4-D mask reaches the attention as given, and eager attention adds it to the scores.
+    mask = torch.where(sees, 0.0, torch.finfo(encoder.dtype).min).to(encoder.dtype)[:, None]
+    hidden = encoder(
+        input_ids=tokens,
+        attention_mask=mask,  # a sentence sees only itself
+        position_ids=positions,
+        token_type_ids=torch.zeros_like(tokens),
+    ).last_hidden_state
+    real = segment.reshape(-1) >= 0
+    flat = hidden.reshape(-1, hidden.shape[-1])[real].float()
+    sums = torch.zeros(len(ids), hidden.shape[-1]).index_add_(0, segment.reshape(-1)[real], flat)
+    lengths = torch.tensor([len(x) for x in ids], dtype=torch.float32)
+    return torch.nn.functional.normalize(sums / lengths[:, None], dim=-1)
 
 
 def embed(sentences: Sequence[str]) -> Any:
@@ -1804,7 +1821,7 @@ def embed(sentences: Sequence[str]) -> Any:
 
     model = load_encoder()
     with torch.inference_mode():
-        if len(sentences) <= 64:  # a reply (latency): packed, no padding
+        if len(sentences) <= 64:  # a reply (latency): packed into rows, little padding
             return _embed_packed(model, sentences).numpy()
         # In bulk (throughput) sentence-transformers' length-sorted batches are faster than long packed
         # sequences, whose attention grows with the square of their length.

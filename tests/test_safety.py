@@ -972,7 +972,7 @@ class TestEmbed:
         alone /= np.linalg.norm(alone, axis=1, keepdims=True)
         assert (packed * alone).sum(axis=1).min() >= 0.995
 
-    def test_packs_split_at_the_token_budget(self, monkeypatch):
+    def test_rows_are_packed_longest_first_in_one_call(self, monkeypatch):
         import torch
 
         model = safety.load_encoder()
@@ -981,19 +981,19 @@ class TestEmbed:
         forward = encoder.forward
 
         def counting(*args, **kwargs):
-            calls.append(kwargs["input_ids"].shape[1])
+            calls.append(tuple(kwargs["input_ids"].shape))
             return forward(*args, **kwargs)
 
         monkeypatch.setattr(encoder, "forward", counting)
         with torch.inference_mode():
-            one_pack = safety._embed_packed(model, self.SENTENCES).numpy()
-            assert len(calls) == 1
+            one_row = safety._embed_packed(model, self.SENTENCES).numpy()
+            assert calls == [(1, 53)]  # 9 + 13 + 4 + 27 tokens fit one row of 128
             calls.clear()
-            # 9, 13, 4 and 27 tokens: packs are contiguous and no neighbours fit in 16 tokens together, so each
-            # sentence goes alone (the 27-token one too: a sentence over the budget still gets its own call).
-            many_packs = safety._embed_packed(model, self.SENTENCES, max_tokens=16).numpy()
-        assert calls == [9, 13, 4, 27]
-        assert (one_pack * many_packs).sum(axis=1).min() >= 0.995
+            # Rows of 16 tokens, longest first: the 27-token sentence alone (over the budget, it still gets a row),
+            # then 13 alone, then 9 and 4 together; one call, padded to the longest row.
+            many_rows = safety._embed_packed(model, self.SENTENCES, row_tokens=16).numpy()
+        assert calls == [(3, 27)]
+        assert (one_row * many_rows).sum(axis=1).min() >= 0.995
 
     def test_bulk_path_agrees_with_packed_path(self):
         import numpy as np
