@@ -298,6 +298,7 @@ _CONVERSION = _rx(
 # Cheap necessary conditions, searched before two of the costliest patterns (on an educational reply, which has few
 # numbers, _THRESHOLD and _FREQUENCY took about half the rules' time): every branch of _FREQUENCY needs a number (in
 # digits or words), "once", "twice", "thrice", "every" or a Latin abbreviation. See also _MAY_BE_THRESHOLD.
+# Not _HAS_NUMBER: it wants a number standing alone, so "take q6h" fails it although _FREQUENCY matches.
 _MAY_BE_NUMBER = rf"\d|[½¼¾⅓⅔]|\b(?:half|quarter|dozen|{_alt(_UNITS)})\b"
 _MAY_BE_FREQUENCY = _rx(rf"{_MAY_BE_NUMBER}|\b(?:once|twice|thrice|every)\b|\b[btq]\.[idh]|\bp\.r\.n")
 _LATIN_FREQUENCY = re.compile(r"\b(?:BID|TID|QID|QDS|TDS|QHS|PRN)\b")  # case-sensitive, as written
@@ -677,6 +678,7 @@ _COUNTING = _rx(r"\b(?:for|to)\s+a\s+count\s+of\s+\w+")  # "breathe in for a cou
 # A treatment's time window as the condition for giving it: "Clot-dissolving medicine can generally only be given
 # within about 4.5 hours of when symptoms started", "Flu antivirals work best when started within 48 hours", and a
 # medicine withheld unless a criterion is met: "no antibiotics unless the earache hasn't improved after 3 days".
+_WINDOW_NUMBER = rf"(?:\d+(?:\.\d+)?|{WORD_NUMBER})"  # the length of a treatment window: "4.5", "three"
 _TREATMENT_WINDOW = _rx(
     r"(?:\b(?:only|best|most\s+effective|must\s+be|has\s+to\s+be|need\s+to\s+be|needs\s+to\s+be|should\s+(?:ideally\s+)?"
     r"be|ideally)\b[^.;]{0,40}?\b(?:given|offered|started|taken|used|prescribed|works?|helps?|effective)\b|"
@@ -686,14 +688,14 @@ _TREATMENT_WINDOW = _rx(
     r"\b(?:is|are)\s+(?:usually\s+|generally\s+|normally\s+|typically\s+|ideally\s+)?(?:given|started|offered)(?=\s+within)|"
     r"\bneeds?\s+(?:starting|giving|taking)\b)"
     r"[^.;]{0,30}?\b(?:within|in\s+the\s+first|up\s+to)\s+(?:about\s+|around\s+|roughly\s+|the\s+first\s+)?"
-    rf"(?:\d+(?:\.\d+)?|{WORD_NUMBER})(?:\s+and\s+a\s+half)?\s*(?:hours?|hrs?|days?|weeks?)\b"
+    rf"{_WINDOW_NUMBER}(?:\s+and\s+a\s+half)?\s*(?:hours?|hrs?|days?|weeks?)\b"
 )
 # The window first ("Within 4.5 hours of symptom onset, doctors can give alteplase") or named as one ("PEP has a
 # 72-hour window", "there is a 4.5-hour window for clot-busting treatment")
 _WINDOW_FIRST = _rx(
-    rf"^\W*within\s+(?:about\s+|around\s+)?(?:\d+(?:\.\d+)?|{WORD_NUMBER})\s*(?:hours?|hrs?|days?)\s+of\b[^.;]{{0,60}}?"
+    rf"^\W*within\s+(?:about\s+|around\s+)?{_WINDOW_NUMBER}\s*(?:hours?|hrs?|days?)\s+of\b[^.;]{{0,60}}?"
     r"\b(?:can|may|will|should|must|could)\s+(?:be\s+)?(?:give|given|start|started|offer|offered)\b|"
-    rf"\b(?:an?|the)\s+(?:\d+(?:\.\d+)?|{WORD_NUMBER})[- ](?:hour|hr|day)\s+(?:treatment\s+)?window\b"
+    rf"\b(?:an?|the)\s+{_WINDOW_NUMBER}[- ](?:hour|hr|day)\s+(?:treatment\s+)?window\b"
 )
 _WINDOWED_TREATMENT = _rx(
     r"\b(?:clot[- ](?:dissolving|busting)|thromboly\w+|antivenom|treatment|medicine|medication|tablets?|pills?|"
@@ -1261,10 +1263,11 @@ def _named_verdict(sentence: str, prompt: str | None) -> bool:
             stated[name] = _stated_in(prompt, name, asked)
         if stated[name]:
             continue  # a condition the asker stated ("I have shingles"), restated; not one asked about
-        before = sentence[max(0, match.start() - 300) : match.start()]
-        supposed = _SUPPOSED.search(re.split(r"[,;:(]", before)[-1]) and not _HEDGE_BEFORE.search(before)
-        if match.re is _PERSON_HAS_CONDITION and (supposed or _CONDITIONAL.search(before)):
-            continue  # "If it lasts longer than usual, or you have repeated seizures, get help"
+        if match.re is _PERSON_HAS_CONDITION:  # "you have <condition>" only when not supposed or conditional
+            before = sentence[max(0, match.start() - 300) : match.start()]
+            supposed = _SUPPOSED.search(re.split(r"[,;:(]", before)[-1]) and not _HEDGE_BEFORE.search(before)
+            if supposed or _CONDITIONAL.search(before):
+                continue  # "If it lasts longer than usual, or you have repeated seizures, get help"
         return True
     return False
 
@@ -1823,8 +1826,8 @@ def embed(sentences: Sequence[str]) -> Any:
     with torch.inference_mode():
         if len(sentences) <= 64:  # a reply (latency): packed into rows, little padding
             return _embed_packed(model, sentences).numpy()
-        # In bulk (throughput) sentence-transformers' length-sorted batches are faster than long packed
-        # sequences, whose attention grows with the square of their length.
+        # In bulk (throughput), sentence-transformers' length-sorted batches of 64 (measured faster than packing
+        # when packing made one long sequence; not measured against the rows of 128 tokens).
         vectors = model.encode(list(sentences), batch_size=64, convert_to_tensor=True, show_progress_bar=False)
     # Normalized in fp32, like the packed path (normalizing in bf16 left norms of 0.998-1.004).
     return torch.nn.functional.normalize(vectors.float(), dim=-1).numpy()
