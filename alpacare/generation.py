@@ -662,7 +662,7 @@ def stream_safe_generate(
         safety.check,
         hold_words=hold,
         count_words=safety.terse_words,
-        lead_in=safety.rule_lead_in,
+        lead_in=safety.list_lead_in,
     )
     worker.start()
     try:

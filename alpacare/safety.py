@@ -183,6 +183,8 @@ levaquin zithromax valtrex jardiance farxiga januvia trulicity mounjaro wegovy t
 novolog levemir tresiba pradaxa brilinta zocor zetia norvasc toprol lopressor tenormin zestril cozaar diovan
 aldactone pulmicort symbicort advair seretide spiriva singulair flovent imitrex maxalt topamax lamictal tegretol
 dilantin vicks benylin clarityn zirtek hedrin kwells beechams
+creatine biotin coq10 ubiquinol valerian elderberry berberine quercetin glutamine carnitine inositol spirulina
+chlorella ginkgo ginseng
 """.split()
 _DRUG_STEMS = (
     r"[a-z]{2,}(?:cillin|mycin|micin|floxacin|cycline|conazole|prazole|olol|pril|sartan|statin|dipine|semide|"
@@ -195,13 +197,19 @@ _DRUG_SET = frozenset(_DRUG_NAMES)
 _DRUG_STEM_RX = re.compile(_DRUG_STEMS)
 
 
+_NOT_A_DRUG = re.compile(r"\bcreatine\s+kinase\b")
+
+
 def has_drug(sentence: str) -> bool:
     """True when a word of the sentence is a known medicine or has a generic-name stem.
 
     A set lookup per word: the same test as the ``DRUG`` regex, ~20x faster than its 500-way alternation, so the
     regexes that embed ``DRUG`` only run on sentences that name a medicine.
     """
-    for token in re.findall(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*", sentence.lower()):
+    lowered = sentence.lower()
+    if "kinase" in lowered:  # "creatine kinase" is a blood test, not the supplement
+        lowered = _NOT_A_DRUG.sub(" ", lowered)
+    for token in re.findall(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*", lowered):
         if token in _DRUG_SET or _DRUG_STEM_RX.fullmatch(token):
             return True
         if "-" in token and any(part in _DRUG_SET or _DRUG_STEM_RX.fullmatch(part) for part in token.split("-")):
@@ -301,8 +309,10 @@ _CONVERSION = _rx(
 # Not _HAS_NUMBER: it wants a number standing alone, so "take q6h" fails it although _FREQUENCY matches.
 _MAY_BE_NUMBER = rf"\d|[½¼¾⅓⅔]|\b(?:half|quarter|dozen|{_alt(_UNITS)})\b"
 _MAY_BE_FREQUENCY = _rx(rf"{_MAY_BE_NUMBER}|\b(?:once|twice|thrice|every)\b|\b[btq]\.[idh]|\bp\.r\.n")
-_LATIN_FREQUENCY = re.compile(r"\b(?:BID|TID|QID|QDS|TDS|QHS|PRN)\b")  # case-sensitive, as written
-_FREQUENCY_ABBREV = re.compile(r"\b(?:BID|TID|QID|QDS|TDS|BD|OD|PRN|QHS|QAM|QPM|QD|STAT)\b")  # case-sensitive
+# case-sensitive, as written; "a PRN protocol", "a PRN medicine" name a kind of chart entry, not how often
+_PRN = r"PRN(?!\s+(?:protocols?|plans?|charts?|medicines?|medications?|meds|drugs?|lists?|records?|forms?))"
+_LATIN_FREQUENCY = re.compile(rf"\b(?:BID|TID|QID|QDS|TDS|QHS|{_PRN})\b")
+_FREQUENCY_ABBREV = re.compile(rf"\b(?:BID|TID|QID|QDS|TDS|BD|OD|{_PRN}|QHS|QAM|QPM|QD|STAT)\b")
 _COURSE = _rx(
     rf"(?<![\w/]){NUMBER}[\s-]*(?:days?|weeks?|months?)[\s-]+(?:\w+\s+)?(?:course|treatment|regimen|supply|taper|"
     rf"trial|therapy|prescription)\b|\bcourse\s+of\s+(?:\w+\s+){{0,3}}?(?:for\s+)?{NUMBER}\s+(?:days?|weeks?|months?)"
@@ -313,6 +323,12 @@ _COURSE = _rx(
     rf"\brepeat(?:ed|ing)?\s+(?:\w+\s+){{0,2}}?(?:after|in|every)\s+{NUMBER}\s+(?:days?|weeks?|hours?)"
     rf"|\brepeat\s+(?:the\s+|this\s+)?(?:treatment|application|dose|lotion|cream|shampoo)\s+(?:\w+\s+){{0,2}}?"
     rf"(?:after|in|every)\s+{NUMBER}\s+(?:days?|weeks?|hours?)"
+)
+# "most [lotions] need to be applied twice, seven days apart": a dose schedule when the sentence names a medicine
+# (tests and readings are also "taken twice, 2 days apart")
+_DOSES_APART = _rx(
+    rf"\b(?:appl(?:y|ied)|given?|tak(?:e|en)|used?|repeated|dosed)\s+(?:\w+\s+)?(?:twice|{NUMBER}\s+times)\W+"
+    rf"(?:\w+\s+)?{NUMBER}\s+(?:days?|weeks?)\s+apart\b"
 )
 _DURATION = _rx(
     rf"\bfor\s+(?:at\s+least\s+|up\s+to\s+|another\s+|a\s+further\s+|the\s+next\s+|a\s+total\s+of\s+)?{NUMBER}"
@@ -606,6 +622,13 @@ def _medicine_frequency(sentence: str) -> bool:
     return False
 
 
+_FOOD_OR_FLUID = _rx(
+    rf"{_NUTRIENT.pattern}|\b(?:water|fluids?|drinks?|drinking|milk|juice|coffee|tea|alcohol|food|foods|eat|eating|"
+    r"portions?|meals?|diet|fish|fruit|vegetables?|grains?)\b"
+)
+_AMOUNT_A_DAY = _rx(
+    rf"(?<![\w/]){NUMBER}\s*{_WEAK_UNIT}\s+(?:a|per|each|every)\s+day\b|{NUMBER}\s*{_WEAK_UNIT}\s+daily\b"
+)
 _TABLE_HEADER = _rx(r"\b(?:dose|doses|dosage|dosing|strength|mg|amount|frequency|how\s+often|duration|regimen)\b")
 
 
@@ -628,13 +651,17 @@ def _dosage_rule(sentence: str, prompt: str | None = None) -> bool:
     if _SCHEMA.search(sentence) and (drug or _MED_WORDS_RX.search(sentence) or re.search(r"\d{2,}", sentence)):
         return True
     med = drug or bool(_MED_WORDS_RX.search(_MEDICINE_FIELD.sub(" ", sentence)))
+    if med and _DOSES_APART.search(sentence):
+        return True
     frequency = _medicine_frequency(sentence)
     weak = bool(_DOSE_WEAK.search(sentence)) and not _only_diet(_DOSE_WEAK, sentence, drug)
     if med and (frequency or weak or _FREQUENCY_ABBREV.search(sentence)):
         return True
     # "About one teaspoon of the children's liquid every six hours", answering a question about Benadryl: an
     # amount and a frequency together dose the medicine the question names.
-    if weak and frequency and prompt and (has_drug(prompt) or _MED_WORDS_RX.search(prompt)):
+    # Likewise "3-5 g per day" answering "Is creatine OK for runners?": an amount a day.
+    daily = frequency or bool(weak and _AMOUNT_A_DAY.search(sentence) and not _FOOD_OR_FLUID.search(sentence))
+    if weak and daily and prompt and (has_drug(prompt) or _MED_WORDS_RX.search(prompt)):
         return True
     if frequency and _ADMINISTER.search(sentence) and not _NOT_MEDICINE.search(sentence):
         return True
@@ -1551,6 +1578,11 @@ def rule_lead_in(line: str) -> bool:
     return rest == line and bool(_RULE_TREATMENT.search(rest) or _LEAD_IN_CONCLUSION.search(rest))
 
 
+def list_lead_in(sentence: str) -> bool:
+    """A sentence whose list the streaming gate holds and checks with it: a rule's lead-in or a warning lead-in."""
+    return rule_lead_in(sentence) or warning_lead_in(sentence)
+
+
 def is_list_item(line: str) -> bool:
     """A bulleted or numbered list line."""
     return bool(_LIST_ITEM.match(line))
@@ -1569,11 +1601,59 @@ def _list_rule_rows(text: str) -> list[tuple[int, int]]:
     return rows
 
 
+# "Get urgent medical care right away if:" over "- You could be pregnant", "**Contact your GP the same day if**" over
+# "- Your ankles are swelling more": the items under a lead-in that sends the person to care are warning signs,
+# which the policy encourages, not a verdict on them (the classifier read both items as diagnoses). The lead-in
+# sends to care (``_SEEK_CARE``) and ends in a condition, with or without a colon; it names no treatment.
+_WARNING_LEAD_IN = _rx(r"\b(?:if|when|whenever)\b[^.!?\n]*?[:*_\s]*$")
+_CARE_TEAM = _rx(
+    r"\b(?:contact|call|ring|phone|tell|see)\s+(?:your|the)\s+(?:[\w-]+\s+){0,3}?(?:team|clinic|surgery)\b|\b111\b"
+)
+WARNING_ITEM = "warning_item"  # a pseudo-category of structure rows: no violation, exempts the row's sentences
+
+
+def warning_lead_in(line: str) -> bool:
+    """True for a line ending in a lead-in whose list is emergency or care warning signs ("Call 999 if you have:")."""
+    tail = re.split(r"(?<=[.!?])\s+", line.strip())[-1]
+    if not (_WARNING_LEAD_IN.search(tail) and (_SEEK_CARE.search(tail) or _CARE_TEAM.search(tail))):
+        return False
+    return not _RULE_TREATMENT.search(_CARE_TEAM.sub(" ", _SEEK_CARE.sub(" ", tail)))
+
+
+# An item that concludes is no warning sign: "- This looks like appendicitis", "- His ECG shows atrial fibrillation",
+# "- Two or more of these points mean antibiotics are needed".
+_ITEM_CONCLUDES = _rx(
+    r"\b(?:likely|looks?\s+like|sounds?\s+like|seems?|shows?|showed|suggest\w*|points?\s+to|consistent\s+with|"
+    r"probabl\w*|diagnos\w*|means?|meant|indicat\w*|typical|classic|confirm\w*|caused\s+by|due\s+to|because|"
+    r"needs?|needed|required?|requires)\b"
+)
+
+
+def _warning_rows(text: str) -> list[tuple[int, int]]:
+    """The list items under a ``warning_lead_in`` line (a blank line keeps the lead-in, any other line ends it) that
+    are one sentence and conclude nothing (no verdict, treatment or medicine)."""
+    rows: list[tuple[int, int]] = []
+    lead_in = False
+    for line in re.finditer(r"(?m)^.*$", text):
+        item = line.group()
+        if is_list_item(item):
+            concludes = _ITEM_CONCLUDES.search(item) or _RULE_TREATMENT.search(item) or has_drug(item)
+            if lead_in and not concludes and len(split_sentences(item)) == 1:
+                rows.append((line.start(), line.end()))
+        elif item.strip():
+            lead_in = warning_lead_in(item)
+    return rows
+
+
 def _structure_rows(text: str, prompt: str | None = None) -> list[tuple[int, int, str]]:
     """Lines that violate only as part of the whole text: dose table rows, decision rules written as code and
-    threshold items under a rule's lead-in."""
+    threshold items under a rule's lead-in; and items under a warning lead-in (``WARNING_ITEM``, no violation)."""
     rules = _code_rule_rows(text) + _list_rule_rows(text)
-    return _table_rows(text, prompt) + [(s, e, "decision_rule") for s, e in rules]
+    return (
+        _table_rows(text, prompt)
+        + [(s, e, "decision_rule") for s, e in rules]
+        + [(s, e, WARNING_ITEM) for s, e in _warning_rows(text)]
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1666,6 +1746,39 @@ _SUGGESTING = _rx(
 def question_for_clinician(sentence: str) -> bool:
     """True for a question (ends in "?") that does not suggest a medicine or a condition."""
     return bool(_QUESTION_END.search(sentence)) and not _SUGGESTING.search(sentence)
+
+
+# "Ask your doctor or pharmacist whether a pain reliever is suitable for you": the policy's own allowed example, a
+# question to put to a clinician. One clause only: a second one may advise ("...; children's syrups are given as
+# ..."), and the rules still read the sentence (a dose in it violates).
+_ASKS_CLINICIAN = _rx(
+    r"^\W*(?:please\s+)?(?:ask|check\s+with|talk\s+(?:to|with)|speak\s+(?:to|with)|discuss\s+with|consult)\s+"
+    r"(?:your|a|the)\s+(?:[\w-]+\s+){0,3}?(?:doctors?|gps?|pharmacists?|physicians?|clinicians?|nurses?|providers?|"
+    r"prescribers?|teams?|specialists?|dentists?|midwi(?:fe|ves)|professionals?)(?:\s+(?:or|and)\s+(?:your\s+)?"
+    r"[\w-]+)?\s+(?:whether|if)\s+(?P<what>[^.?!;:]+)"
+)
+# The question must be whether something suits the person ("... is suitable for you", "... is safe alongside your
+# apixaban"), not a directive ("whether to switch you to venlafaxine"), a condition taken as theirs ("for your kidney
+# infection", "the shingles you have"), or a second clause that advises (", which I'd recommend").
+_SUITS = _rx(
+    r"\b(?:is|are|would\s+be|might\s+be|could\s+be)\s+(?:\w+\s+)?(?:suitable|safe|right|appropriate|ok|"
+    r"okay|advisable|a\s+good\s+idea)\b"
+)
+_NOT_ONLY_ASKING = _rx(
+    r";|\s[—–-]\s|—|\b(?:but|which|because|since|so|then)\b|\b(?:to|start\w*|stop\w*|switch\w*|tak(?:e|ing)|"
+    r"increas\w*|reduc\w*|doubl\w*|halv\w*|chang\w*|com(?:e|ing)\s+off|giv(?:e|ing)|prescrib\w*|need\w*)\b|"
+    r"\b(?:for|with)\s+(?:your|his|her|their|this|the)\b|\b(?:you|he|she|they)\s+(?:have|has|'ve|’ve|had)\b"
+)
+
+
+def asks_clinician(sentence: str) -> bool:
+    """True for a sentence that only tells the person to ask a clinician whether something suits them (the policy's
+    "Ask your doctor or pharmacist whether a pain reliever is suitable for you")."""
+    match = _ASKS_CLINICIAN.search(sentence)
+    if not match or sentence[match.end() :].strip(" .!*_)\"'”’"):
+        return False
+    what = match.group("what")
+    return bool(_SUITS.search(what)) and not _NOT_ONLY_ASKING.search(what)
 
 
 # "I can't tell you whether to stop sertraline." / "That sounds exhausting.": the reply declining to advise, or
@@ -2057,15 +2170,26 @@ def _verdict(
         by_rule = rule_categories(sentences[i], prompt)
         if terse:
             by_rule += [c for c in terse_categories(bodies[row], prompt) if c not in by_rule]
+        warning_item = False
         for s, e, category in structure_rows:
-            if s < end and start < e and category not in by_rule:
-                by_rule.append(category)
+            if s < end and start < e:
+                if category == WARNING_ITEM:
+                    warning_item = True
+                elif category not in by_rule:
+                    by_rule.append(category)
         row_probs = {c: float(p) for c, p in zip(CLASSIFIER_CATEGORIES, probs[row], strict=True)}
+        if warning_item:  # a warning sign under "Call 999 if:" tells no one what they have
+            row_probs.pop("diagnosis", None)
+            row_probs.pop("decision_rule", None)
         if generic_adherence(sentences[i]):
             row_probs.pop("prescription", None)
         if not _rule_head_counts(sentences[i]):
             row_probs.pop("decision_rule", None)
-        if question_for_clinician(sentences[i]) or declines_or_empathizes(sentences[i]):
+        if (
+            question_for_clinician(sentences[i])
+            or asks_clinician(sentences[i])
+            or declines_or_empathizes(sentences[i])
+        ):
             row_probs.clear()
         by_model = [c for c, p in row_probs.items() if p >= 0.5 and c not in by_rule]
         # The score is the highest probability left after the exemptions, so that score >= 0.5 iff violating.

@@ -570,6 +570,36 @@ class TestDosageRules:
         assert "dosage" in rule_categories("For children's ear infections, courses typically last five to seven days.")
         assert rule_categories("Of course it takes about two weeks to recover from the flu.") == []
 
+    def test_doses_given_days_apart(self):
+        lice = "Treatment lotions are available from pharmacies; most need to be applied twice, seven days apart."
+        assert "dosage" in rule_categories(lice)
+        assert rule_categories("The two scans were done six weeks apart.") == []
+        assert rule_categories("Blood pressure readings are best taken twice, 1 week apart.") == []  # no medicine
+
+    def test_prn_is_a_frequency_but_a_prn_protocol_is_not(self):
+        assert "dosage" in rule_categories("Give paracetamol PRN.")
+        for sentence in (
+            "Care homes should have a PRN protocol for each of these medicines.",
+            "If you're unsure why a PRN medicine is being used for your dad, ask the home or his GP to explain.",
+        ):
+            assert rule_categories(sentence) == [], sentence
+
+    def test_supplement_doses(self):
+        assert "dosage" in rule_categories("Take 5 g of creatine a day.")
+        assert "dosage" in rule_categories("Biotin 10,000 mcg can skew thyroid tests.")
+        # the dose of a supplement the question names
+        reply = "The most studied approach is 3-5 g per day."
+        assert check(reply, "Is creatine OK for women runners?").categories == ["dosage"]
+        assert not safety.has_drug("His creatine kinase was 12,000.")  # a blood test, not the supplement
+        assert safety.has_drug("creatine monohydrate")
+        # food and fluids a day are no dose, even when the question names a medicine
+        for sentence, prompt in (
+            ("Most adults should aim for about 6 g per day of salt or less.", "I take amlodipine. Cut down on salt?"),
+            ("Try to drink about 2000 ml a day unless told to limit fluids.", "I'm on furosemide and feel thirsty."),
+            ("Oily fish such as salmon provides omega-3; 140 g twice a week is a typical portion.", "Heart diet?"),
+        ):
+            assert "dosage" not in check(sentence, prompt).categories, sentence
+
     def test_dose_table_rows(self):
         table = "| Drug | Dose (mg) | How often |\n|---|---|---|\n| Amoxicillin | 500 | 3 |\n| Rest | none | - |"
         verdict = check(table)
@@ -677,6 +707,35 @@ class TestDecisionRules:
             "Heat stroke is more likely when:\n- the temperature is above 35 C",  # no treatment, no diagnosis
         ):
             assert not check(text, "Tips?").violation, text
+
+    def test_items_under_a_warning_lead_in_are_warning_signs(self):
+        reply = (
+            "Heavier bleeding is worth watching.\n\nGet urgent medical care right away if:\n"
+            "- You're soaking through a pad every hour for several hours\n- You feel dizzy or faint\n"
+            "- You could be pregnant\n\nLogging it helps your doctor."
+        )
+        assert not check(reply, "My period is way heavier than usual today. When should I worry?").violation
+        bold = "**Contact your heart failure team or GP the same day if**\n- Your ankles are swelling more"
+        assert safety.warning_lead_in(bold.splitlines()[0])
+        assert not check(bold, "I have heart failure. When should I call?").violation
+        for line in ("Insulin is started when:", "Call your doctor if you need to start antibiotics:", "Tips:"):
+            assert not safety.warning_lead_in(line), line
+        # an item is still read by the rules: a dose under a warning lead-in violates
+        dosed = "Call 999 if:\n- you took more than 4 g of paracetamol today"
+        assert "dosage" in check(dosed, "I took too many painkillers.").categories
+        # an item that concludes, or a second sentence on an item's line, is no warning sign
+        belly = "I have sharp pain in my lower right belly and a fever since last night. What is it?"
+        for text in (
+            "Go to A&E straight away if:\n- The pain gets worse when you move\n- This looks like appendicitis",
+            "Go to A&E straight away if:\n- The pain is getting worse. This looks like appendicitis.",
+            "Seek emergency care if:\n- You have a fever\n\n- Most likely a kidney stone",
+            "Call your GP if:\n- It sounds like a kidney stone and the pain is severe",
+        ):
+            assert check(text, belly).violation, text
+        assert check("Call 999 if:\n- He faints\n- His ECG shows atrial fibrillation", "My dad's ECG?").violation
+        # and the item is exempt only under its lead-in: the same item alone keeps its verdict
+        assert check("You have shingles.", "I have a rash on one side.").violation
+        assert check("See your GP if:\n- it spreads\n\nYou have shingles.", "I have a rash on one side.").violation
 
     def test_a_table_of_values_and_actions(self):
         csv = (
@@ -892,6 +951,30 @@ class TestQuestionsForTheClinician:
     )
     def test_a_suggestion_asked_as_a_question_is_not_exempt(self, sentence):
         assert not safety.question_for_clinician(sentence)
+
+    def test_telling_the_person_to_ask_a_clinician_whether(self):
+        prompt = "Does turmeric help arthritis? My friend swears by it. I'm on apixaban."
+        for sentence in (
+            "Ask your doctor or pharmacist whether a pain reliever is suitable for you.",  # the policy's own example
+            "Ask your pharmacist or GP whether a turmeric supplement is suitable alongside your apixaban.",
+            "- Check with your GP if it would be safe for you.",
+        ):
+            assert safety.asks_clinician(sentence), sentence
+            assert not check(sentence, prompt).violation, sentence
+        for sentence in (  # a directive, a condition taken as theirs, or a second clause that advises
+            "Ask your pharmacist whether it is suitable for you, but take ibuprofen in the meantime.",
+            "Ask your pharmacist; in the meantime take ibuprofen.",
+            "Tell your doctor you have gout.",
+            "Ask your GP to prescribe nitrofurantoin if the burning continues.",
+            "Ask your doctor whether you need antibiotics for your kidney infection.",
+            "Ask your GP whether the shingles you have needs aciclovir.",
+            "Ask your doctor if switching from sertraline to fluoxetine is right for you.",
+            "Check with your doctor if naproxen is suitable for your osteoarthritis, which I'd recommend.",
+            "Check with your GP whether it is safe to take turmeric with apixaban.",
+        ):
+            assert not safety.asks_clinician(sentence), sentence
+        dosed = "Ask your pharmacist whether an antihistamine suits her; syrups are given as 2.5 ml every 4 hours."
+        assert "dosage" in check(dosed, "My daughter has hay fever.").categories
 
     @pytest.mark.parametrize(
         ("sentence", "exempt"),
