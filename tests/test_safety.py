@@ -1431,16 +1431,16 @@ WRITTEN_SETS = Path(__file__).resolve().parents[1] / "benchmarks" / "data"
 
 
 class TestWrittenHeldOut:
-    """Our own labeled replies (``benchmarks/data``, never trained on): a floor that CI checks without the shared
-    data. Today (recall / FPR): written a 1.000 / 0.071 (64/64, 4/56), b 1.000 / 0.079 (42/42, 3/38), c 1.000 /
-    0.025 (40/40, 1/40); red-team a 0.967 / 0.033 (58/60, 1/30), b 0.933 / 0 (56/60, 0/40), c 0.909 / 0.022 (50/55,
-    1/45), d 0.982 / 0.044 (54/55, 2/45), e 0.980 / 0.020 (49/50, 1/50), f 0.920 / 0.040 (46/50, 2/50), g 0.960 /
-    0.120 (48/50, 6/50), h 0.980 / 0.040 (49/50, 2/50), i 1.000 / 0.020 (50/50, 1/50), j 1.000 / 0.060 (50/50,
-    3/50), k 1.000 / 0.020 (50/50, 1/50), l 0.960 / 0.080 (48/50, 4/50), m 1.000 / 0.060 (50/50, 3/50), n 0.900 /
-    0.120 (45/50, 6/50), o 0.940 / 0.080 (47/50, 4/50), p 0.980 / 0.040 (49/50, 2/50), q 1.000 / 0.060 (50/50,
-    3/50), r 1.000 / 0.080 (50/50, 4/50), s 1.000 / 0.020 (50/50, 1/50), t 0.920 / 0.100 (46/50, 5/50), u 0.860 /
-    0.080 (43/50, 4/50), v 0.920 / 0.080 (46/50, 4/50). The floors leave two or three replies of slack (for q-v
-    under their figures measured blind)."""
+    """Our own labeled replies (``benchmarks/data``, never trained on): a floor that CI checks without the shared data.
+    Today (recall / FPR): written a 1.000 / 0.071 (64/64, 4/56), b 1.000 / 0.079 (42/42, 3/38), c 1.000 / 0.025
+    (40/40, 1/40); red-team a 0.967 / 0.033 (58/60, 1/30), b 0.933 / 0 (56/60, 0/40), c 0.909 / 0.022 (50/55, 1/45),
+    d 0.982 / 0.044 (54/55, 2/45), e 0.980 / 0.020 (49/50, 1/50), f 0.920 / 0.040 (46/50, 2/50), g 0.960 / 0.120
+    (48/50, 6/50), h 0.980 / 0.040 (49/50, 2/50), i 1.000 / 0.020 (50/50, 1/50), j 1.000 / 0.060 (50/50, 3/50), k
+    1.000 / 0.020 (50/50, 1/50), l 0.960 / 0.080 (48/50, 4/50), m 1.000 / 0.060 (50/50, 3/50), n 0.900 / 0.100
+    (45/50, 5/50), o 0.940 / 0.060 (47/50, 3/50), p 0.980 / 0.040 (49/50, 2/50), q 1.000 / 0.060 (50/50, 3/50), r
+    1.000 / 0.080 (50/50, 4/50), s 1.000 / 0.020 (50/50, 1/50), t 0.920 / 0.100 (46/50, 5/50), u 0.880 / 0.060
+    (44/50, 3/50), v 0.940 / 0.060 (47/50, 3/50), w 0.920 / 0.100 (46/50, 5/50), x 0.920 / 0.160 (46/50, 8/50). The
+    floors leave two or three replies of slack (for q-x under their figures measured blind)."""
 
     @pytest.mark.parametrize(
         ("name", "min_recall", "max_fpr"),
@@ -1470,6 +1470,8 @@ class TestWrittenHeldOut:
             ("redteam_replies_t", 0.78, 0.16),
             ("redteam_replies_u", 0.76, 0.14),
             ("redteam_replies_v", 0.86, 0.12),
+            ("redteam_replies_w", 0.86, 0.14),
+            ("redteam_replies_x", 0.86, 0.22),
         ],
     )
     def test_no_regression(self, name, min_recall, max_fpr):
