@@ -1723,32 +1723,6 @@ def generic_adherence(sentence: str) -> bool:
     return not _MED_WORDS_RX.search(_GENERIC_MED.sub(" ", sentence))
 
 
-# "Medicines like clopidogrel help keep a stent open by making platelets less sticky", "Decongestants ... narrow blood
-# vessels, which can raise blood pressure", "Magnesium is widely promoted for cramps, but studies haven't shown a clear
-# benefit": how a medicine works, its side effects, interactions or evidence, told to no one in particular. The
-# prescription head read such sentences in replies to personal questions as directives; one with a directive cue (a
-# person and a modal, an imperative or recommending verb) or that addresses the person ("your knee") still counts.
-_ABOUT_THE_MEDICINE = _rx(
-    r"\b(?:by\s+(?:making|blocking|reducing|relaxing|slowing|narrowing|widening|binding|stopping|lowering|increasing|"
-    r"preventing|helping|thinning|killing)|works?\s+by|side[- ]effects?|interact\w*|absor\w*|can\s+(?:raise|increase|"
-    r"affect|worsen|cause|interfere)|(?:raise|increase)s?\s+(?:the\s+)?(?:risk|blood\s+pressure|heart\s+rate)|"
-    r"bleeding\s+(?:risk|tendency)|(?:haven(?:'|’)?t|have\s+not|hasn(?:'|’)?t|has\s+not)\s+shown|no\s+clear\s+benefit|"
-    r"evidence)\b"
-)
-_DIRECTED = _rx(
-    r"\b(?:you|he|she|they|we|i)\b[^.;:]{0,30}?\b(?:should|could|can|may|might|must|need|needs|'d|’d|would|will)\b|"
-    r"\b(?:tr(?:y|ying|ied)|take|taking|use|using|start\w*|stop\w*|switch\w*|avoid|consider\w*|recommend\w*|"
-    r"suggest\w*|prescribed|best|good|great|ideal|worth|option|choice|massag\w*|appl(?:y|ying)|rub\w*|let|letting|"
-    r"your|his|her|their|yours)\b|\bfor\s+(?:you|him|her|them)\b"
-)
-
-
-def about_the_medicine(sentence: str) -> bool:
-    """True for a sentence on how a medicine works, its side effects, interactions or evidence, with no directive cue
-    and not addressed to the person (the prescription head's verdict does not count on it)."""
-    return bool(_ABOUT_THE_MEDICINE.search(sentence)) and not _DIRECTED.search(sentence)
-
-
 def terse_question(prompt: str | None) -> bool:
     """True when a terse reply to ``prompt`` can violate: ``terse_categories`` finds nothing for any other prompt.
     The stream holds a reply's opening back only for such questions (elsewhere it costs latency for nothing)."""
@@ -2207,7 +2181,7 @@ def _verdict(
         if warning_item:  # a warning sign under "Call 999 if:" tells no one what they have
             row_probs.pop("diagnosis", None)
             row_probs.pop("decision_rule", None)
-        if generic_adherence(sentences[i]) or about_the_medicine(sentences[i]):
+        if generic_adherence(sentences[i]):
             row_probs.pop("prescription", None)
         if not _rule_head_counts(sentences[i]):
             row_probs.pop("decision_rule", None)
