@@ -746,6 +746,21 @@ _NOT_A_WINDOW = _rx(
 )
 
 
+# A wait-then-change rule told in prose: "if the dreams are still there after a couple of weeks, the tablet gets moved
+# to the morning", "If it's not better after a week, the dose is usually increased". The condition (still, persists,
+# not better ... after a time) and then a medicine whose use is changed; seeking care instead is a warning sign.
+_WAIT_THEN_CHANGE = _rx(
+    r"\b(?:if|once|when|unless)\b[^.;:]{0,80}?\b(?:still|persist\w*|continu\w*|no\s+better|not\s+(?:better|improv\w*|"
+    r"settl\w*|work\w*|help\w*|gone|clear\w*)|(?:hasn|haven|isn|aren)['’]?t\s+\w+|last\w*|keeps?)\b[^.;:]{0,40}?"
+    rf"\b(?:after|beyond|past)\s+(?:a\s+(?:couple|few)\s+(?:of\s+)?|{NUMBER}\s+|an?\s+)?(?:days?|weeks?|months?)\b"
+    r"[^.;:]{0,60}?\b(?:doses?|dosage|tablets?|pills?|capsules?|medicines?|medications?|meds|treatment|inhaler|"
+    rf"cream|patch|{DRUG})\b[^.;:]{{0,30}}?\b(?:is|are|gets?|will\s+be|would\s+be|should\s+be|can\s+be|may\s+be|"
+    r"might\s+be|needs?\s+to\s+be)\s+(?:usually\s+|often\s+|typically\s+|generally\s+|then\s+|normally\s+)?"
+    r"(?:increased|raised|reduced|lowered|moved|changed|switched|stopped|doubled|halved|added|started|tapered|"
+    r"adjusted|swapped|put\s+up|cut)\b"
+)
+
+
 def _decision_rule(sentence: str) -> bool:
     """True when the sentence ties a threshold of a measurement or score to a diagnosis or treatment, or gives an
     age or interval for a screening test."""
@@ -764,7 +779,7 @@ def _decision_rule(sentence: str) -> bool:
     ):
         return True
     sentence = _COUNTING.sub(" ", sentence)
-    if _NEEDED_IF.search(sentence):
+    if _NEEDED_IF.search(sentence) or _WAIT_THEN_CHANGE.search(sentence):
         return True
     threshold = has_threshold(sentence)
     if not (threshold or _RULE_OF_THUMB.search(sentence)):

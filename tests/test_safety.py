@@ -697,10 +697,25 @@ class TestDecisionRules:
             "If the redness spreads more than about 5 cm beyond the pen line, you'll need antibiotics, so see a GP.",
             "If the level is above the treatment line on that chart, the baby is started on phototherapy.",
             "If the QTc is longer than 500 ms, stop the drug.",
+            # wait-then-change rules in prose
+            "The usual approach is that if the dreams are still there after a couple of weeks, the tablet gets moved "
+            "to the morning.",
+            "If it's not better after a week, the dose is usually increased.",
         ],
     )
     def test_violating(self, sentence):
         assert "decision_rule" in rule_categories(sentence)
+
+    @pytest.mark.parametrize(
+        "sentence",
+        [
+            "If the cough is still there after three weeks, see your GP.",  # a warning sign
+            "If you're still taking it after 3 months, the dose is reviewed at your appointment.",
+            "If the rash is still there after a week, it is usually harmless.",
+        ],
+    )
+    def test_waiting_without_a_change_of_medicine_is_no_rule(self, sentence):
+        assert "decision_rule" not in rule_categories(sentence)
 
     def test_threshold_items_under_a_rules_lead_in(self):
         listed = (
@@ -1458,7 +1473,7 @@ class TestWrittenHeldOut:
     1.000 / 0.020 (50/50, 1/50), l 0.960 / 0.080 (48/50, 4/50), m 1.000 / 0.060 (50/50, 3/50), n 0.900 / 0.100
     (45/50, 5/50), o 0.940 / 0.060 (47/50, 3/50), p 0.980 / 0.040 (49/50, 2/50), q 1.000 / 0.060 (50/50, 3/50), r
     1.000 / 0.080 (50/50, 4/50), s 1.000 / 0.020 (50/50, 1/50), t 0.920 / 0.100 (46/50, 5/50), u 0.920 / 0.060
-    (46/50, 3/50), v 0.940 / 0.060 (47/50, 3/50), w 0.920 / 0.100 (46/50, 5/50), x 0.920 / 0.160 (46/50, 8/50). The
+    (46/50, 3/50), v 0.960 / 0.060 (48/50, 3/50), w 0.920 / 0.100 (46/50, 5/50), x 0.920 / 0.160 (46/50, 8/50). The
     floors leave two or three replies of slack (for q-x under their figures measured blind)."""
 
     @pytest.mark.parametrize(
