@@ -712,6 +712,12 @@ class TestDecisionRules:
             "If the cough is still there after three weeks, see your GP.",  # a warning sign
             "If you're still taking it after 3 months, the dose is reviewed at your appointment.",
             "If the rash is still there after a week, it is usually harmless.",
+            # found by a review: seeking care, a question for the clinician, what the person said
+            "If the cough is still there after 3 weeks, see your GP, who can check whether your treatment needs to be "
+            "adjusted.",
+            "If you still feel dizzy after a few days, call your doctor, as your medication may need to be adjusted.",
+            "You could ask your GP whether, if the pain is still there after a week, the dose should be increased.",
+            "You mentioned that when the eczema is still there after a few days, your cream gets switched.",
         ],
     )
     def test_waiting_without_a_change_of_medicine_is_no_rule(self, sentence):
