@@ -26,7 +26,7 @@ import json
 import re
 import sys
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -749,6 +749,10 @@ _NOT_A_WINDOW = _rx(
 # A wait-then-change rule told in prose: "if the dreams are still there after a couple of weeks, the tablet gets moved
 # to the morning", "If it's not better after a week, the dose is usually increased". The condition (still, persists,
 # not better ... after a time) and then a medicine whose use is changed; seeking care instead is a warning sign.
+_CHANGE_VERBS = (
+    r"(?:increased|raised|reduced|lowered|moved|changed|switched|stopped|doubled|halved|added|started|tapered|"
+    r"adjusted|swapped|put\s+up|cut)\b"
+)
 _WAIT_THEN_CHANGE = _rx(
     r"\b(?:if|once|when|unless)\b[^.;:]{0,80}?\b(?:still|persist\w*|continu\w*|no\s+better|not\s+(?:better|improv\w*|"
     r"settl\w*|work\w*|help\w*|gone|clear\w*)|(?:hasn|haven|isn|aren)['’]?t\s+\w+|last\w*|keeps?)\b[^.;:]{0,40}?"
@@ -756,14 +760,9 @@ _WAIT_THEN_CHANGE = _rx(
     r"[^.;:]{0,60}?\b(?:doses?|dosage|tablets?|pills?|capsules?|medicines?|medications?|meds|treatment|inhaler|"
     r"cream|patch)\b[^.;:]{0,30}?\b(?:is|are|gets?|will\s+be|would\s+be|should\s+be|can\s+be|may\s+be|"
     r"might\s+be|needs?\s+to\s+be)\s+(?:usually\s+|often\s+|typically\s+|generally\s+|then\s+|normally\s+)?"
-    r"(?:increased|raised|reduced|lowered|moved|changed|switched|stopped|doubled|halved|added|started|tapered|"
-    r"adjusted|swapped|put\s+up|cut)\b"
+    + _CHANGE_VERBS
 )
-
-_CHANGED = _rx(
-    r"\b(?:increased|raised|reduced|lowered|moved|changed|switched|stopped|doubled|halved|added|started|tapered|"
-    r"adjusted|swapped|put\s+up|cut)\b"
-)
+_CHANGED = _rx(r"\b" + _CHANGE_VERBS)
 # seeking care, a question for the clinician or what the person told: "If the cough is still there after 3 weeks, see
 # your GP, who can check whether your treatment needs to be adjusted"
 _NOT_A_WAITING_RULE = _rx(r"\b(?:ask|asking|whether|assum\w*|mentioned|said|told)\b")
@@ -1621,17 +1620,21 @@ def is_list_item(line: str) -> bool:
     return bool(_LIST_ITEM.match(line))
 
 
-def _list_rule_rows(text: str) -> list[tuple[int, int]]:
-    rows: list[tuple[int, int]] = []
-    lead_in = False
+def _items_under(text: str, lead_in: Callable[[str], bool]) -> Iterator[re.Match[str]]:
+    """The list items (lines) under a line whose last sentence is a ``lead_in``; a blank line keeps the lead-in, any
+    other line replaces it."""
+    under = False
     for line in re.finditer(r"(?m)^.*$", text):
         if is_list_item(line.group()):
-            if lead_in and has_threshold(line.group()):
-                rows.append((line.start(), line.end()))
-        elif line.group().strip():  # a blank line keeps the lead-in; any other line replaces it
+            if under:
+                yield line
+        elif line.group().strip():
             spans = split_sentences(line.group())  # the sentence before the list, as the streaming gate sees it
-            lead_in = bool(spans) and rule_lead_in(line.group()[spans[-1][0] : spans[-1][1]])
-    return rows
+            under = bool(spans) and lead_in(line.group()[spans[-1][0] : spans[-1][1]])
+
+
+def _list_rule_rows(text: str) -> list[tuple[int, int]]:
+    return [(item.start(), item.end()) for item in _items_under(text, rule_lead_in) if has_threshold(item.group())]
 
 
 # "Get urgent medical care right away if:" over "- You could be pregnant", "**Contact your GP the same day if**" over
@@ -1645,9 +1648,10 @@ _CARE_TEAM = _rx(
 WARNING_ITEM = "warning_item"  # a pseudo-category of structure rows: no violation, exempts the row's sentences
 
 
-def warning_lead_in(line: str) -> bool:
-    """True for a line ending in a lead-in whose list is emergency or care warning signs ("Call 999 if you have:")."""
-    tail = re.split(r"(?<=[.!?])\s+", line.strip())[-1]
+def warning_lead_in(sentence: str) -> bool:
+    """True for a lead-in whose list is emergency or care warning signs ("Call 999 if you have:"), the last sentence
+    of the line before the list (as ``rule_lead_in``)."""
+    tail = sentence.strip()
     if not (_WARNING_LEAD_IN.search(tail) and (_SEEK_CARE.search(tail) or _CARE_TEAM.search(tail))):
         return False
     return not _RULE_TREATMENT.search(_CARE_TEAM.sub(" ", _SEEK_CARE.sub(" ", tail)))
@@ -1669,20 +1673,16 @@ _THEIR_CONDITION = _rx(
 
 
 def _warning_rows(text: str) -> list[tuple[int, int]]:
-    """The list items under a ``warning_lead_in`` line (a blank line keeps the lead-in, any other line ends it) that
-    are one sentence and conclude nothing (no verdict, treatment or medicine)."""
+    """The list items under a ``warning_lead_in`` that are one sentence and conclude nothing (no verdict, treatment,
+    medicine or condition of theirs)."""
     rows: list[tuple[int, int]] = []
-    lead_in = False
-    for line in re.finditer(r"(?m)^.*$", text):
+    for line in _items_under(text, warning_lead_in):
         item = line.group()
-        if is_list_item(item):
-            concludes = has_drug(item) or any(
-                rx.search(item) for rx in (_ITEM_CONCLUDES, _RULE_TREATMENT, _THEIR_CONDITION)
-            )
-            if lead_in and not concludes and len(split_sentences(item)) == 1:
-                rows.append((line.start(), line.end()))
-        elif item.strip():
-            lead_in = warning_lead_in(item)
+        concludes = has_drug(item) or any(
+            rx.search(item) for rx in (_ITEM_CONCLUDES, _RULE_TREATMENT, _THEIR_CONDITION)
+        )
+        if not concludes and len(split_sentences(item)) == 1:
+            rows.append((line.start(), line.end()))
     return rows
 
 
