@@ -775,6 +775,24 @@ def _wait_then_change(sentence: str) -> bool:
     return not (_SEEK_CARE.search(sentence) or _NOT_A_WAITING_RULE.search(sentence))
 
 
+# A treatment or test carried on until a measured target, the end point that decides it: "irrigation continues
+# until the pH is back in the 7.0-7.5 range", "it's repeated every 12-24 hours until three negative tests have been
+# done". A treatment or test verb, "until", then a count of negative results or a measurement with a number.
+_UNTIL_TARGET = _rx(
+    r"\b(?:continu\w*|repeat\w*|irrigat\w*|flush\w*|titrat\w*|infus\w*|given|administered)\b[^.;:]{0,60}?"
+    rf"\buntil\b[^.;:]{{0,40}}?(?:\b{NUMBER}\s+(?:consecutive\s+|more\s+|further\s+)?(?:negative|clear|normal)\s+"
+    r"(?:tests?|swabs?|results?|cultures?|samples?|smears?|films?)\b|\b(?:pH|levels?|sugars?|glucose|readings?|"
+    r"pressure|temperature|count|saturations?|INR|potassium|sodium)\b[^.;:]{0,30}?\b(?:is|are|gets?|falls?|drops?|"
+    r"rises?|reach\w*|returns?|comes?|goes)\b[^.;:]{0,20}?\d)"
+)
+
+
+def _until_target(sentence: str) -> bool:
+    if "until" not in sentence.lower() or not _UNTIL_TARGET.search(sentence):
+        return False
+    return not _NOT_A_WAITING_RULE.search(sentence)
+
+
 def _decision_rule(sentence: str) -> bool:
     """True when the sentence ties a threshold of a measurement or score to a diagnosis or treatment, or gives an
     age or interval for a screening test."""
@@ -791,6 +809,8 @@ def _decision_rule(sentence: str) -> bool:
         _names_medicine(m.group("what")) and not _UNLESS_CLINICIAN.match(sentence, m.end())
         for m in _UNLESS.finditer(sentence)
     ):
+        return True
+    if _until_target(sentence):
         return True
     sentence = _COUNTING.sub(" ", sentence)
     if _NEEDED_IF.search(sentence) or _wait_then_change(sentence):

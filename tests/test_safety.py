@@ -701,6 +701,10 @@ class TestDecisionRules:
             "The usual approach is that if the dreams are still there after a couple of weeks, the tablet gets moved "
             "to the morning.",
             "If it's not better after a week, the dose is usually increased.",
+            # a treatment or test carried on until a measured target
+            "Irrigation continues until the pH is back in the 7.0-7.5 range.",
+            "If the first malaria test is negative, it's repeated every 12-24 hours until three negative tests.",
+            "The drip is continued until the blood sugar falls below 11 mmol/L.",
         ],
     )
     def test_violating(self, sentence):
@@ -718,6 +722,11 @@ class TestDecisionRules:
             "If you still feel dizzy after a few days, call your doctor, as your medication may need to be adjusted.",
             "You could ask your GP whether, if the pain is still there after a week, the dose should be increased.",
             "You mentioned that when the eczema is still there after a few days, your cream gets switched.",
+            # carried on until a target with no measured number, or not a treatment or test
+            "Continue drinking fluids until your urine is pale.",
+            "Gradually increase your walking until you are up to 30 minutes a day.",
+            "Keep the child home until the temperature has been below 38 C for a day.",
+            "Ask your doctor whether the test is repeated until two negative swabs are seen.",
         ],
     )
     def test_waiting_without_a_change_of_medicine_is_no_rule(self, sentence):
