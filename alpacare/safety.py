@@ -775,22 +775,37 @@ def _wait_then_change(sentence: str) -> bool:
     return not (_SEEK_CARE.search(sentence) or _NOT_A_WAITING_RULE.search(sentence))
 
 
-# A treatment or test carried on until a measured target, the end point that decides it: "irrigation continues
-# until the pH is back in the 7.0-7.5 range", "it's repeated every 12-24 hours until three negative tests have been
-# done". A treatment or test verb, "until", then a count of negative results or a measurement with a number.
+# A treatment or test carried on until a measured clinical target, the end point that decides it: "irrigation
+# continues until the pH is back in the 7.0-7.5 range", "it's repeated every 12-24 hours until three negative tests
+# have been done". Present tense (what the person was given is told back), a clinical measure or a count of negative
+# results, and the number tied to the target: cooking, pools and exercise reach temperatures and levels too.
 _UNTIL_TARGET = _rx(
-    r"\b(?:continu\w*|repeat\w*|irrigat\w*|flush\w*|titrat\w*|infus\w*|given|administered)\b[^.;:]{0,60}?"
-    rf"\buntil\b[^.;:]{{0,40}}?(?:\b{NUMBER}\s+(?:consecutive\s+|more\s+|further\s+)?(?:negative|clear|normal)\s+"
-    r"(?:tests?|swabs?|results?|cultures?|samples?|smears?|films?)\b|\b(?:pH|levels?|sugars?|glucose|readings?|"
-    r"pressure|temperature|count|saturations?|INR|potassium|sodium)\b[^.;:]{0,30}?\b(?:is|are|gets?|falls?|drops?|"
-    r"rises?|reach\w*|returns?|comes?|goes)\b[^.;:]{0,20}?\d)"
+    r"\b(?:(?:irrigation|treatment|infusion|drip|oxygen|phototherapy|the\s+test|testing)\s+continues|"
+    r"(?:is|are|['’]s)\s+(?:continued|repeated|given|titrated|infused|irrigated|adjusted|kept\s+(?:running|going))|"
+    r"(?:continue|keep|repeat)\s+(?:the\s+)?(?:drip|infusion|fluids|oxygen|irrigat\w+|treat\w*|insulin|"
+    r"nebulis\w+|nebuliz\w+|(?:increasing|lowering|raising|reducing)\s+the\s+dose))\b[^.;:?]{0,60}?\buntil\b"
+    rf"[^.;:?]{{0,40}}?(?:\b{NUMBER}\s+(?:consecutive\s+|more\s+|further\s+)?negative\s+(?:tests?|swabs?|results?|"
+    r"cultures?|samples?|smears?|films?)\b|\b(?:pH|INR|potassium|sodium|glucose|(?:blood\s+)?sugars?|CRP|"
+    r"bilirubin|(?:oxygen\s+)?saturations?|sats|TSH|haemoglobin|hemoglobin|ferritin|peak\s+flow|APTT|"
+    r"viral\s+load)(?:\s+(?:levels?|ratio))?\s+(?:is|are|falls?|drops?|rises?|reach(?:es)?|returns?|comes?|gets?|"
+    r"has\s+come|is\s+back)\s+(?:back\s+)?(?:up\s+|down\s+)?(?:(?:in|within|to|below|under|above|over|between|"
+    r"at\s+least)\s+)?(?:the\s+|about\s+|around\s+)?\d)"
+)
+# what the person told us or a question for the clinician: "You wrote that ...", "is the infusion continued until ...?"
+_TOLD_OR_ASKED = _rx(
+    r"\b(?:you\s+(?:wrote|say|said|describe|mentioned)|according\s+to|(?:note|letter)\s+says|find\s+out)\b"
 )
 
 
 def _until_target(sentence: str) -> bool:
     if "until" not in sentence.lower() or not _UNTIL_TARGET.search(sentence):
         return False
-    return not _NOT_A_WAITING_RULE.search(sentence)
+    return not (
+        "?" in sentence
+        or _SEEK_CARE.search(sentence)
+        or _NOT_A_WAITING_RULE.search(sentence)
+        or _TOLD_OR_ASKED.search(sentence)
+    )
 
 
 def _decision_rule(sentence: str) -> bool:

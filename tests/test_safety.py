@@ -705,6 +705,8 @@ class TestDecisionRules:
             "Irrigation continues until the pH is back in the 7.0-7.5 range.",
             "If the first malaria test is negative, it's repeated every 12-24 hours until three negative tests.",
             "The drip is continued until the blood sugar falls below 11 mmol/L.",
+            "Warfarin is adjusted until the INR reaches 2.5.",
+            "Keep increasing the dose until the TSH is back within 0.5 to 2.5.",
         ],
     )
     def test_violating(self, sentence):
@@ -727,6 +729,15 @@ class TestDecisionRules:
             "Gradually increase your walking until you are up to 30 minutes a day.",
             "Keep the child home until the temperature has been below 38 C for a day.",
             "Ask your doctor whether the test is repeated until two negative swabs are seen.",
+            # found by a review: cooking and the home, told back, past, a question, a symptom that continues
+            "Continue cooking the chicken until the internal temperature reaches 75 C.",
+            "Continue adding pool acid in small amounts until the pH falls to 7.2-7.6.",
+            "You wrote that the drip was continued until your potassium reached 4.2.",
+            "According to your discharge letter, the infusion is continued until your potassium reaches 4.0.",
+            "A good question for the ward team: is the infusion continued until the sodium is back to 135?",
+            "Given how you feel, it's fine to wait until your blood pressure is checked at your 6-week review.",
+            "Spotting can continue until the hormone level drops below 5, which usually takes a few weeks.",
+            "Call 999 if the bleeding continues until your blood pressure reading drops below 90.",
         ],
     )
     def test_waiting_without_a_change_of_medicine_is_no_rule(self, sentence):
