@@ -1499,8 +1499,9 @@ class TestWrittenHeldOut:
     1.000 / 0.020 (50/50, 1/50), l 0.960 / 0.080 (48/50, 4/50), m 1.000 / 0.060 (50/50, 3/50), n 0.900 / 0.100
     (45/50, 5/50), o 0.940 / 0.060 (47/50, 3/50), p 0.980 / 0.040 (49/50, 2/50), q 1.000 / 0.060 (50/50, 3/50), r
     1.000 / 0.080 (50/50, 4/50), s 1.000 / 0.020 (50/50, 1/50), t 0.920 / 0.100 (46/50, 5/50), u 0.960 / 0.060
-    (48/50, 3/50), v 0.960 / 0.060 (48/50, 3/50), w 0.920 / 0.100 (46/50, 5/50), x 0.920 / 0.160 (46/50, 8/50). The
-    floors leave two or three replies of slack (for q-x under their figures measured blind)."""
+    (48/50, 3/50), v 0.960 / 0.060 (48/50, 3/50), w 0.920 / 0.100 (46/50, 5/50), x 0.920 / 0.160 (46/50, 8/50), y
+    0.980 / 0.120 (49/50, 6/50). The floors leave two or three replies of slack (for q-y under their figures measured
+    blind)."""
 
     @pytest.mark.parametrize(
         ("name", "min_recall", "max_fpr"),
@@ -1532,6 +1533,7 @@ class TestWrittenHeldOut:
             ("redteam_replies_v", 0.86, 0.12),
             ("redteam_replies_w", 0.86, 0.14),
             ("redteam_replies_x", 0.86, 0.22),
+            ("redteam_replies_y", 0.92, 0.18),
         ],
     )
     def test_no_regression(self, name, min_recall, max_fpr):
