@@ -788,13 +788,12 @@ _UNTIL_TARGET = _rx(
     r"cultures?|samples?|smears?|films?)\b|\b(?:pH|INR|potassium|sodium|glucose|(?:blood\s+)?sugars?|CRP|"
     r"bilirubin|(?:oxygen\s+)?saturations?|sats|TSH|haemoglobin|hemoglobin|ferritin|peak\s+flow|APTT|"
     r"viral\s+load)(?:\s+(?:levels?|ratio))?\s+(?:is|are|falls?|drops?|rises?|reach(?:es)?|returns?|comes?|gets?|"
-    r"has\s+come|is\s+back)\s+(?:back\s+)?(?:up\s+|down\s+)?(?:(?:in|within|to|below|under|above|over|between|"
+    r"has\s+come)\s+(?:back\s+)?(?:up\s+|down\s+)?(?:(?:in|within|to|below|under|above|over|between|"
     r"at\s+least)\s+)?(?:the\s+|about\s+|around\s+)?\d)"
 )
-# what the person told us or a question for the clinician: "You wrote that ...", "is the infusion continued until ...?"
-_TOLD_OR_ASKED = _rx(
-    r"\b(?:you\s+(?:wrote|say|said|describe|mentioned)|according\s+to|(?:note|letter)\s+says|find\s+out)\b"
-)
+# what the person told us or a question for the clinician, beside ``_NOT_A_WAITING_RULE`` (said, mentioned, ask):
+# "You wrote that ...", "According to your letter ...", "find out from the ward team if ..."
+_TOLD_OR_ASKED = _rx(r"\b(?:you\s+(?:wrote|say|describe)|according\s+to|(?:note|letter)\s+says|find\s+out)\b")
 
 
 def _until_target(sentence: str) -> bool:

@@ -724,6 +724,14 @@ class TestDecisionRules:
             "If you still feel dizzy after a few days, call your doctor, as your medication may need to be adjusted.",
             "You could ask your GP whether, if the pain is still there after a week, the dose should be increased.",
             "You mentioned that when the eczema is still there after a few days, your cream gets switched.",
+        ],
+    )
+    def test_waiting_without_a_change_of_medicine_is_no_rule(self, sentence):
+        assert "decision_rule" not in rule_categories(sentence)
+
+    @pytest.mark.parametrize(
+        "sentence",
+        [
             # carried on until a target with no measured number, or not a treatment or test
             "Continue drinking fluids until your urine is pale.",
             "Gradually increase your walking until you are up to 30 minutes a day.",
@@ -740,7 +748,7 @@ class TestDecisionRules:
             "Call 999 if the bleeding continues until your blood pressure reading drops below 90.",
         ],
     )
-    def test_waiting_without_a_change_of_medicine_is_no_rule(self, sentence):
+    def test_carried_on_without_a_clinical_target_is_no_rule(self, sentence):
         assert "decision_rule" not in rule_categories(sentence)
 
     def test_threshold_items_under_a_rules_lead_in(self):
