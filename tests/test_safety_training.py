@@ -274,6 +274,78 @@ class TestFitHead:
             assert auc > 0.8, (st.CATEGORIES[k], auc)
 
 
+class TestEncoderAdapter:
+    """LoRA fine-tuning of MiniLM (a few steps on a sample of our written sentences), cross-fit halves, and a head
+    that ships the adapter."""
+
+    @pytest.fixture(scope="class")
+    def trained(self, tmp_path_factory):
+        import random
+
+        examples = st.apply_conventions(random.Random(1).sample(st.written_examples(), 240))
+        halves = st.encoder_halves(examples)
+        tune = {"epochs": 2, "learning_rate": 3e-3}  # a few steps that move the weights well past bf16 rounding
+        adapters = []
+        for rows in halves:
+            held = set(rows.tolist())
+            adapters.append(st.train_encoder_adapter([e for i, e in enumerate(examples) if i not in held], **tune))
+        adapter = st.train_encoder_adapter(examples, **tune)
+        head = st.fit_head(
+            examples, min_count=3, max_fpr=0.05, mlp_hidden=16, adapter=adapter, crossfit=(halves, adapters)
+        )
+        path = st.save_head(head, tmp_path_factory.mktemp("head") / "head.npz")
+        return examples, halves, adapters, adapter, head, path
+
+    def test_halves_split_the_answers(self, trained):
+        examples, halves, *_ = trained
+        assert sorted(i for rows in halves for i in rows) == list(range(len(examples)))
+        groups = [{examples[i].group for i in rows} for rows in halves]
+        assert not groups[0] & groups[1]  # no answer (or written sentence) on both sides
+
+    def test_adapter_arrays(self, trained):
+        *_, adapter, _, _ = trained
+        from alpacare import safety
+
+        assert list(adapter["lora_modules"]) == [
+            f"encoder.layer.{i}.attention.self.{m}" for i in range(6) for m in ("query", "value")
+        ]
+        assert adapter["lora_a"].shape == (12, st.LORA_RANK, safety.EMBED_DIM)
+        assert adapter["lora_b"].shape == (12, safety.EMBED_DIM, st.LORA_RANK)
+        assert np.abs(adapter["lora_b"]).max() > 0  # peft starts B at zero: it trained
+        assert float(adapter["lora_scale"]) == 2.0
+
+    def test_crossfit_rows_come_from_the_other_halfs_adapter(self, trained):
+        examples, halves, adapters, _, head, _ = trained
+        vocabulary = list(head["vocabulary"])
+        x = st.crossfit_matrix(examples, vocabulary, halves, adapters)
+        for k, rows in enumerate(halves):
+            own = st.design_matrix([examples[i] for i in rows], vocabulary, adapters[k])  # trained without them
+            np.testing.assert_array_equal(x[rows].toarray(), own.toarray())
+            other = st.design_matrix([examples[i] for i in rows], vocabulary, adapters[1 - k])
+            assert not np.array_equal(own[:, :384].toarray(), other[:, :384].toarray())
+
+    def test_the_saved_head_carries_its_encoder(self, trained, monkeypatch):
+        examples, _, _, adapter, _, path = trained
+        from alpacare import safety
+
+        head = safety.load_head(path)
+        for key in safety.LORA_KEYS:
+            np.testing.assert_array_equal(head[key], adapter[key])
+        monkeypatch.setattr(safety, "HEAD_PATH", path)
+        texts = [e.text for e in examples[:20]]
+        personal = [safety.personal_context(e.prompt, e.text) for e in examples[:20]]
+        t = head["thresholds"].astype(np.float64)
+
+        def scores(adapter):  # classify's scores, by hand, on one encoder's features
+            x = safety.features(texts, personal, head["vocabulary"], adapter=adapter)
+            p = np.clip(safety.head_probabilities(head, x, personal), 1e-12, 1 - 1e-12)
+            return 1 / (1 + np.exp(-(np.log(p / (1 - p)) - np.log(t / (1 - t)))))
+
+        got = safety.classify(texts, personal)  # reads the adapter from the head file
+        np.testing.assert_allclose(got, scores(adapter), atol=1e-6)
+        assert np.abs(got - scores(None)).max() > 1e-4  # the frozen encoder gives other scores
+
+
 class TestHeldOut:
     def test_near_duplicates_uses_word_overlap(self):
         held = ["It sounds like you have a urinary tract infection."]
