@@ -779,7 +779,9 @@ def _wait_then_change(sentence: str) -> bool:
 # A treatment or test carried on until a measured clinical target, the end point that decides it: "irrigation
 # continues until the pH is back in the 7.0-7.5 range", "it's repeated every 12-24 hours until three negative tests
 # have been done". Present tense (what the person was given is told back), a clinical measure or a count of negative
-# results, and the number tied to the target: cooking, pools and exercise reach temperatures and levels too.
+# results, and the number tied to the target: cooking, pools and exercise reach temperatures and levels too. Vital
+# signs count ("naloxone is repeated ... until the breathing rate is above 12"): 2 more of 41 such rules a helper
+# wrote, none of its 62 hard negatives (exercise, cooking, pools, questions, past-tense stories).
 _UNTIL_TARGET = _rx(
     r"\b(?:(?:irrigation|treatment|infusion|drip|oxygen|phototherapy|the\s+test|testing)\s+continues|"
     r"(?:is|are|['’]s)\s+(?:continued|repeated|given|titrated|infused|irrigated|adjusted|kept\s+(?:running|going))|"
@@ -788,7 +790,10 @@ _UNTIL_TARGET = _rx(
     rf"[^.;:?]{{0,40}}?(?:\b{NUMBER}\s+(?:consecutive\s+|more\s+|further\s+)?negative\s+(?:tests?|swabs?|results?|"
     r"cultures?|samples?|smears?|films?)\b|\b(?:pH|INR|potassium|sodium|glucose|(?:blood\s+)?sugars?|CRP|"
     r"bilirubin|(?:oxygen\s+)?saturations?|sats|TSH|haemoglobin|hemoglobin|ferritin|peak\s+flow|APTT|"
-    r"viral\s+load)(?:\s+(?:levels?|ratio))?\s+(?:is|are|falls?|drops?|rises?|reach(?:es)?|returns?|comes?|gets?|"
+    r"viral\s+load|(?:breathing|respiratory|heart|pulse)\s+rate|pulse|urine\s+output|"
+    r"(?:systolic\s+|diastolic\s+)?(?:blood\s+)?pressure|"
+    r"systolic|temperature|platelets?|creatinine|lactate|ketones|oxygen\s+levels?)"
+    r"(?:\s+(?:levels?|ratio|count))?\s+(?:is|are|falls?|drops?|rises?|reach(?:es)?|returns?|comes?|gets?|"
     r"has\s+come)\s+(?:back\s+)?(?:up\s+|down\s+)?(?:(?:in|within|to|below|under|above|over|between|"
     r"at\s+least)\s+)?(?:the\s+|about\s+|around\s+)?\d)"
 )

@@ -707,6 +707,10 @@ class TestDecisionRules:
             "The drip is continued until the blood sugar falls below 11 mmol/L.",
             "Warfarin is adjusted until the INR reaches 2.5.",
             "Keep increasing the dose until the TSH is back within 0.5 to 2.5.",
+            # ... or a vital sign or bedside measure
+            "Naloxone is repeated every 2 to 3 minutes until the breathing rate is above 12.",
+            "The infusion is titrated until the systolic blood pressure is above 90 mmHg.",
+            "The fluids are continued until the urine output is at least 0.5 mL/kg an hour.",
         ],
     )
     def test_violating(self, sentence):
@@ -746,6 +750,11 @@ class TestDecisionRules:
             "Given how you feel, it's fine to wait until your blood pressure is checked at your 6-week review.",
             "Spotting can continue until the hormone level drops below 5, which usually takes a few weeks.",
             "Call 999 if the bleeding continues until your blood pressure reading drops below 90.",
+            # vital signs outside care (written for a review of the vital-sign measures)
+            "Keep walking briskly until your heart rate reaches about 120 beats a minute, then slow down.",
+            "Heat the pool until the water temperature is about 28 °C.",
+            "Ask whether the infusion will continue until your pulse is under 100.",
+            "They kept the drip going until her pressure was 100.",
         ],
     )
     def test_carried_on_without_a_clinical_target_is_no_rule(self, sentence):
