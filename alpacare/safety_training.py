@@ -443,20 +443,16 @@ def train_encoder_adapter(
             optimizers=(optimizer, None),
         )
         trainer.train()
-    state = {k: v.detach().float().cpu() for k, v in encoder.state_dict().items() if ".lora_" in k}
-    modules = sorted({k.split(".lora_")[0].removeprefix("base_model.model.") for k in state})
-    pick = {
-        m: {
-            k.split(".lora_")[1].split(".")[0]: v
-            for k, v in state.items()
-            if k.startswith(f"base_model.model.{m}.lora_")
-        }
-        for m in modules
+    state = {  # "encoder.layer.0.attention.self.query.lora_A.default.weight" -> array
+        k.removeprefix("base_model.model."): v.detach().float().cpu().numpy()
+        for k, v in encoder.state_dict().items()
+        if ".lora_" in k
     }
+    modules = sorted({k.split(".lora_")[0] for k in state})
     return {
         "lora_modules": np.array(modules),
-        "lora_a": np.stack([pick[m]["A"].numpy() for m in modules]),
-        "lora_b": np.stack([pick[m]["B"].numpy() for m in modules]),
+        "lora_a": np.stack([state[f"{m}.lora_A.default.weight"] for m in modules]),
+        "lora_b": np.stack([state[f"{m}.lora_B.default.weight"] for m in modules]),
         "lora_scale": np.float32(config.lora_alpha / rank),
     }
 
