@@ -219,10 +219,14 @@ def build_vocabulary(examples: list[Example], min_count: int = 3) -> list[str]:
     return sorted(gram for gram, n in counts.items() if n >= min_count)
 
 
+def personal_flags(examples: list[Example]) -> list[bool]:
+    """Per example: does its sentence answer a personal case (its question, read with the whole answer)?"""
+    return [personal_context(e.prompt, e.extra.get("answer", e.text)) for e in examples]
+
+
 def design_matrix(examples: list[Example], vocabulary: list[str], adapter: Any = None) -> Any:
     """Features for every example, shape ``(n, d)`` (one encoder pass; MiniLM with ``adapter`` merged, if given)."""
-    personal = [personal_context(e.prompt, e.extra.get("answer", e.text)) for e in examples]
-    return features([e.text for e in examples], personal, vocabulary, sparse=True, adapter=adapter)
+    return features([e.text for e in examples], personal_flags(examples), vocabulary, sparse=True, adapter=adapter)
 
 
 def encoder_halves(examples: list[Example]) -> list[Any]:
@@ -235,20 +239,28 @@ def encoder_halves(examples: list[Example]) -> list[Any]:
     return [test for _, test in GroupKFold(n_splits=2).split(groups, groups=groups)]
 
 
+def train_crossfit_adapters(examples: list[Example], **tune: Any) -> tuple[list[Any], list[dict[str, Any]]]:
+    """``encoder_halves`` and, for each half, ``train_encoder_adapter(**tune)`` on the other half: ``fit_head``'s
+    ``crossfit``."""
+    halves = encoder_halves(examples)
+    adapters = []
+    for rows in halves:
+        held = set(rows.tolist())
+        adapters.append(train_encoder_adapter([e for i, e in enumerate(examples) if i not in held], **tune))
+    return halves, adapters
+
+
 def crossfit_matrix(
     examples: list[Example], vocabulary: list[str], halves: Sequence[Any], adapters: Sequence[Any]
 ) -> Any:
     """``design_matrix`` with each half's rows embedded by its own adapter (trained without them)."""
+    import numpy as np
     from scipy.sparse import vstack
 
-    order = [i for rows in halves for i in rows]
     parts = [
         design_matrix([examples[i] for i in rows], vocabulary, a) for rows, a in zip(halves, adapters, strict=True)
     ]
-    inverse = [0] * len(order)
-    for position, i in enumerate(order):
-        inverse[i] = position
-    return vstack(parts, format="csr")[inverse]
+    return vstack(parts, format="csr")[np.argsort(np.concatenate(halves))]  # back in the examples' order
 
 
 def targets(examples: list[Example]) -> Any:
@@ -372,7 +384,6 @@ def train_encoder_adapter(
     seed: int = 0,
     batch_size: int = 32,
     learning_rate: float = 3e-4,
-    output_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Fine-tune MiniLM with a LoRA adapter (peft) on ``examples`` (``transformers.Trainer``, bf16 autocast where
     the CPU has it); return the adapter as the arrays ``safety.merge_adapter`` adds to the encoder
@@ -406,7 +417,7 @@ def train_encoder_adapter(
             "labels": targets(examples).astype(np.float32).tolist(),
             "label_mask": mask.tolist(),
             "weight": sample_weights(examples, range(len(examples))).astype(np.float32).tolist(),
-            "personal": [float(personal_context(e.prompt, e.extra.get("answer", e.text))) for e in examples],
+            "personal": [float(p) for p in personal_flags(examples)],
         }
     )
     adapter_params = [p for p in encoder.parameters() if p.requires_grad]
@@ -419,7 +430,7 @@ def train_encoder_adapter(
     )
     with tempfile.TemporaryDirectory() as scratch:
         args = TrainingArguments(
-            output_dir=str(output_dir or scratch),
+            output_dir=scratch,  # nothing is saved there (save_strategy "no")
             num_train_epochs=epochs,
             per_device_train_batch_size=batch_size,
             learning_rate=learning_rate,
@@ -571,7 +582,7 @@ def fit_head(
     examples = apply_conventions(examples)
     vocabulary = build_vocabulary(examples, min_count) if min_count else []
     x, y = design_matrix(examples, vocabulary, adapter), targets(examples)
-    personal = [personal_context(e.prompt, e.extra.get("answer", e.text)) for e in examples]
+    personal = personal_flags(examples)
     mlp = mlp_inputs(x, personal) if mlp_hidden else None
     x_oof, mlp_oof = x, mlp
     if crossfit is not None:

@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         return []
     groups = np.array([e.group for e in examples])
     splits = list(GroupKFold(5).split(shared, groups=groups[shared]))
-    personal = np.array([safety.personal_context(e.prompt, e.extra.get("answer", e.text)) for e in examples])
+    personal = np.array(st.personal_flags(examples))
     held_out: list[int] = []
     p_head, p_tuned = [], []
     for fold in (int(f) for f in args.folds.split(",")):

@@ -283,12 +283,8 @@ class TestEncoderAdapter:
         import random
 
         examples = st.apply_conventions(random.Random(1).sample(st.written_examples(), 240))
-        halves = st.encoder_halves(examples)
         tune = {"epochs": 2, "learning_rate": 3e-3}  # a few steps that move the weights well past bf16 rounding
-        adapters = []
-        for rows in halves:
-            held = set(rows.tolist())
-            adapters.append(st.train_encoder_adapter([e for i, e in enumerate(examples) if i not in held], **tune))
+        halves, adapters = st.train_crossfit_adapters(examples, **tune)
         adapter = st.train_encoder_adapter(examples, **tune)
         head = st.fit_head(
             examples, min_count=3, max_fpr=0.05, mlp_hidden=16, adapter=adapter, crossfit=(halves, adapters)

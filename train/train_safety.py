@@ -29,10 +29,10 @@ from alpacare.safety_training import (
     MLP_HIDDEN,
     answer_examples,
     apply_conventions,
-    encoder_halves,
     fit_head,
     referenced_examples,
     save_head,
+    train_crossfit_adapters,
     train_encoder_adapter,
     written_examples,
 )
@@ -88,14 +88,12 @@ def main(argv: list[str] | None = None) -> dict:
     adapter, crossfit = None, None
     if args.encoder_epochs > 0:
         tune = {"epochs": args.encoder_epochs, "rank": args.lora_rank, "seed": args.seed}
-        halves = encoder_halves(examples)
-        adapters = []
-        for k, rows in enumerate(halves):
-            print(f"fine-tuning MiniLM without half {k + 1} of 2 (for out-of-fold figures)", file=sys.stderr)
-            held = set(rows.tolist())
-            adapters.append(train_encoder_adapter([e for i, e in enumerate(examples) if i not in held], **tune))
+        print(
+            "fine-tuning MiniLM twice, each without one half of the answers (for out-of-fold figures)", file=sys.stderr
+        )
+        crossfit = train_crossfit_adapters(examples, **tune)
         print("fine-tuning MiniLM on all the examples (the shipped adapter)", file=sys.stderr)
-        adapter, crossfit = train_encoder_adapter(examples, **tune), (halves, adapters)
+        adapter = train_encoder_adapter(examples, **tune)
         print("fitting the head", file=sys.stderr)
     head = fit_head(
         examples,
